@@ -1,0 +1,101 @@
+"""Campaign batch: a prompt sheet in; screened, stored and audited images out.
+
+    sheet -> text screen -> plan -> [generate + image screen + audit + store] per batch
+          -> run summary (returned, recorded on the run, and published as a Prefect artifact)
+
+Runs on Prefect's ephemeral server when no PREFECT_API_URL is set. All the work happens in
+ldm_batch; this file wires the stages, fans generation out by batch and reports.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from ldm_batch import progress
+from ldm_batch.campaign import BatchOutcome, RunContext, Workers, pending_jobs, process_batch, row_record
+from ldm_batch.config import Settings, load_settings
+from ldm_batch.plan import Batch, group_batches, plan_row
+from ldm_batch.safety.text import PromptVerdict, screen_prompts
+from ldm_batch.sheets import PromptRow, Sheet, read_sheet, sheet_stem
+from ldm_batch.storage import read_source
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def load_sheet(uri: str, settings: Settings) -> Sheet:
+    name, data = read_source(uri, settings)
+    return read_sheet(name, data, Workers.get(settings).policies)
+
+
+@task(cache_policy=NO_CACHE)
+def screen_text(sheet: Sheet, settings: Settings) -> list[PromptVerdict]:
+    return screen_prompts([row.prompt for row in sheet.rows], Workers.get(settings).policies.text_safety)
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def generate_batch(batch: Batch, run: RunContext, verdicts: dict[int, PromptVerdict],
+                   rows: dict[int, PromptRow], settings: Settings) -> BatchOutcome:
+    return process_batch(batch, run, verdicts, rows, Workers.get(settings), on_image=lambda n: progress.report("image", n))
+
+
+@flow(name="campaign-batch")
+def campaign_batch(sheet: str, campaign: str | None = None, config: str | None = None) -> dict:
+    settings = load_settings(config)
+    workers = Workers.get(settings)
+    workers.audit.migrate()
+    workers.store.ensure_bucket()
+
+    parsed = load_sheet(sheet, settings)
+    verdicts = screen_text(parsed, settings)
+    run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or parsed.rows[0].campaign
+                     or sheet_stem(parsed.name), sheet=parsed.name)
+    workers.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256)
+    summary = {"run_id": run.run_id, "campaign": run.campaign, "sheet": parsed.name,
+               "rows": len(parsed.rows), "errors": []}
+    try:
+        refused = [(row, v) for row, v in zip(parsed.rows, verdicts) if v.decision != "allow"]
+        workers.audit.append([row_record(run, row, v) for row, v in refused])
+        allowed = [row for row, v in zip(parsed.rows, verdicts) if v.decision == "allow"]
+        jobs = [job for row in allowed for job in plan_row(row, run.campaign, workers.policies)]
+        pending, reused = pending_jobs(jobs, workers)
+        batches = group_batches(pending, settings.batch_size)
+        progress.report("planned", len(pending))
+        futures = generate_batch.map(
+            batches, unmapped(run), unmapped({r.row: v for r, v in zip(parsed.rows, verdicts)}),
+            unmapped({r.row: r for r in parsed.rows}), unmapped(settings))
+        outcomes = [future.result() for future in futures]
+        summary.update(
+            prompts_blocked=sum(v.decision == "block" for _, v in refused),
+            prompts_held=sum(v.decision == "review" for _, v in refused),
+            refused=[{"row": row.row, "asset_id": row.asset_id, "decision": v.decision, "reasons": v.reasons}
+                     for row, v in refused],
+            images=len(jobs),
+            images_generated=sum(o.generated for o in outcomes),
+            images_reused=reused,
+            images_delivered=sum(o.delivered for o in outcomes),
+            images_blocked=sum(o.quarantined for o in outcomes),
+            images_repaired=sum(o.repaired for o in outcomes),
+            images_stored=sum(o.delivered + o.quarantined + o.repaired for o in outcomes),
+            cost=round(sum(o.cost for o in outcomes), 8), currency=workers.policies.costs.currency,
+            bucket=settings.s3_bucket, s3_keys=[key for o in outcomes for key in o.s3_keys],
+        )
+    except BaseException as exc:
+        workers.audit.finish_run(run.run_id, "failed", {**summary, "errors": [{"row": None, "column": None,
+                                                                               "message": str(exc)}]})
+        raise
+    workers.audit.finish_run(run.run_id, "finished", summary)
+    create_table_artifact(
+        key="campaign-run", description=f"Campaign {run.campaign}, run {run.run_id}",
+        table=[{"asset_id": r["asset_id"], "row": r["sheet_row"], "decision": r["decision"],
+                "s3_key": r.get("s3_key"), "cost": r.get("cost")}
+               for r in workers.audit.query(run_id=run.run_id)])
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(campaign_batch(sys.argv[1]))

@@ -1,0 +1,210 @@
+"""AuditLog: write, query and verify the hash-chained audit records.
+
+Every record is appended under a lock on the single `chain_head` row (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE), so concurrent writers extend one chain.
+A record's hash covers its sequence number, the previous record's hash and the
+canonical JSON of its payload; `verify` recomputes all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session
+
+from ldm_batch.audit.tables import ChainHead, Record, Run
+
+GENESIS = "0" * 64
+MIGRATIONS = Path(__file__).parent / "migrations"
+Decision = Literal["delivered", "quarantined", "blocked", "held"]
+
+
+class AuditRecord(BaseModel):
+    """What the log keeps for a refused row (kind="row") or an image (kind="image")."""
+
+    kind: Literal["row", "image"]
+    run_id: str
+    campaign: str
+    sheet: str
+    sheet_row: int
+    asset_id: str
+    decision: Decision
+    reasons: list[str] = []
+    prompt: str
+    negative_prompt: str = ""
+    text_verdict: dict
+    brand: str | None = None
+    model_id: str | None = None
+    model_revision: str | None = None
+    model_sha256: str | None = None
+    model_license: dict | None = None
+    loras: list[dict] = []
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    variant: int | None = None
+    batch_size: int | None = None
+    batch_index: int | None = None
+    device: str | None = None
+    software: dict = {}
+    generation_seconds: float | None = None
+    cost: float | None = None
+    currency: str | None = None
+    image_verdict: dict | None = None
+    image_key: str | None = None
+    s3_bucket: str | None = None
+    s3_key: str | None = None
+    s3_version: str | None = None
+    image_sha256: str | None = None
+    metadata: dict = {}
+    created_at: str
+
+
+class VerifyReport(BaseModel):
+    ok: bool
+    records: int
+    problems: list[str]
+
+
+def canonical(payload: dict) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_hash(seq: int, prev_hash: str, payload_json: str) -> str:
+    return hashlib.sha256(f"{seq}|{prev_hash}|{payload_json}".encode()).hexdigest()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# Columns copied from the payload for queries; verify checks they still agree with it.
+INDEXED = ("kind", "run_id", "campaign", "asset_id", "decision", "model_id", "seed", "cost",
+           "image_key", "image_sha256")
+
+
+class AuditLog:
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_immediate_transactions(self.engine)
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            connection.commit()
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, run_id: str, campaign: str, sheet: str, sheet_sha256: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(Run(id=run_id, campaign=campaign, sheet=sheet, sheet_sha256=sheet_sha256,
+                            status="running", started_at=now()))
+
+    def finish_run(self, run_id: str, status: str, summary: dict) -> None:
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            run.status, run.finished_at, run.summary = status, now(), canonical(summary)
+
+    def runs(self) -> list[dict]:
+        with Session(self.engine) as session:
+            return [{"run_id": r.id, "campaign": r.campaign, "sheet": r.sheet, "status": r.status,
+                     "started_at": r.started_at.isoformat(), "summary": json.loads(r.summary or "{}")}
+                    for r in session.scalars(select(Run).order_by(Run.started_at))]
+
+    # -- records ------------------------------------------------------------------------
+    def append(self, records: list[AuditRecord]) -> list[int]:
+        """Append records in one transaction; returns their sequence numbers."""
+        with Session(self.engine) as session, session.begin():
+            head = session.execute(select(ChainHead).where(ChainHead.id == 1).with_for_update()).scalar_one()
+            seqs = []
+            for record in records:
+                payload = record.model_dump(mode="json")
+                payload_json = canonical(payload)
+                seq = head.seq + 1
+                digest = record_hash(seq, head.hash, payload_json)
+                session.add(Record(
+                    seq=seq, payload=payload_json, prev_hash=head.hash, record_hash=digest,
+                    created_at=datetime.fromisoformat(record.created_at),
+                    model_license=(record.model_license or {}).get("id"),
+                    **{name: payload[name] for name in INDEXED}))
+                head.seq, head.hash = seq, digest
+                seqs.append(seq)
+            return seqs
+
+    def image_record(self, image_key: str) -> AuditRecord | None:
+        """The latest image record for an image key, if any."""
+        with Session(self.engine) as session:
+            row = session.scalars(select(Record).where(Record.kind == "image", Record.image_key == image_key)
+                                  .order_by(Record.seq.desc()).limit(1)).first()
+            return AuditRecord.model_validate_json(row.payload) if row else None
+
+    def query(self, *, run_id: str | None = None, campaign: str | None = None, asset_id: str | None = None,
+              decision: str | None = None, model_id: str | None = None, kind: str | None = None,
+              limit: int | None = None) -> list[dict]:
+        filters = {"run_id": run_id, "campaign": campaign, "asset_id": asset_id, "decision": decision,
+                   "model_id": model_id, "kind": kind}
+        statement = select(Record).order_by(Record.seq)
+        for name, value in filters.items():
+            if value is not None:
+                statement = statement.where(getattr(Record, name) == value)
+        if limit:
+            statement = statement.limit(limit)
+        with Session(self.engine) as session:
+            return [{"seq": r.seq, **json.loads(r.payload), "record_hash": r.record_hash}
+                    for r in session.scalars(statement)]
+
+    def verify(self) -> VerifyReport:
+        problems: list[str] = []
+        expected_prev, expected_seq, count = GENESIS, 1, 0
+        with Session(self.engine) as session:
+            for r in session.scalars(select(Record).order_by(Record.seq)).yield_per(1000):
+                count += 1
+                if r.seq != expected_seq:
+                    problems.append(f"record {r.seq}: expected sequence {expected_seq} (records missing or reordered)")
+                if r.prev_hash != expected_prev:
+                    problems.append(f"record {r.seq}: previous-hash does not match record {r.seq - 1}")
+                if record_hash(r.seq, r.prev_hash, r.payload) != r.record_hash:
+                    problems.append(f"record {r.seq}: content does not match its hash (edited)")
+                payload = json.loads(r.payload)
+                for name in INDEXED:
+                    if getattr(r, name) != payload.get(name):
+                        problems.append(f"record {r.seq}: column {name} differs from the hashed record")
+                expected_prev, expected_seq = r.record_hash, r.seq + 1
+            head = session.get(ChainHead, 1)
+            if head is None or head.seq != expected_seq - 1 or head.hash != expected_prev:
+                problems.append("chain head does not match the last record (records deleted at the end?)")
+        return VerifyReport(ok=not problems, records=count, problems=problems)
+
+
+def _sqlite_immediate_transactions(engine) -> None:
+    """WAL, a busy timeout and BEGIN IMMEDIATE: concurrent SQLite writers wait, never fork."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

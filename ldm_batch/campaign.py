@@ -1,0 +1,180 @@
+"""A campaign run as plain Python: the stages between a screened sheet and audited images.
+
+The Prefect flow (flows/campaign_batch.py) calls these functions and adds retries,
+fan-out and reporting. Per worker process, `Workers.get(settings)` keeps one of each
+heavy part (pipelines, CLIP screen, S3 client, database engine).
+
+Order of writes for an image: its audit record is committed first, then the object is
+put. A crash in between leaves a record whose object is missing, which the next run of
+the same sheet repairs (same key, same bytes); it can never leave a delivered image
+that has no audit record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from importlib.metadata import version
+
+from pydantic import BaseModel
+
+from ldm_batch.audit import AuditLog, AuditRecord
+from ldm_batch.audit.log import now
+from ldm_batch.config import Settings
+from ldm_batch.cost import image_cost
+from ldm_batch.generate import ImageGenerator, resolve_device
+from ldm_batch.plan import Batch, ImageJob
+from ldm_batch.policies import Policies, load_policies
+from ldm_batch.provenance import encode_png
+from ldm_batch.safety.image import ImageScreen
+from ldm_batch.safety.text import PromptVerdict
+from ldm_batch.sheets import PromptRow, Sheet
+from ldm_batch.storage import ObjectStore
+
+SOFTWARE = ("ldm-batch", "torch", "diffusers", "transformers", "open_clip_torch", "peft")
+
+
+class RunContext(BaseModel):
+    run_id: str
+    campaign: str
+    sheet: str
+
+
+class BatchOutcome(BaseModel):
+    generated: int = 0
+    delivered: int = 0
+    quarantined: int = 0
+    repaired: int = 0
+    cost: float = 0.0
+    s3_keys: list[str] = []
+
+
+class Workers:
+    """The heavy parts one worker process loads once and reuses."""
+
+    _cache: dict[str, Workers] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.policies: Policies = load_policies(settings.policies_dir)
+        self.store = ObjectStore(settings)
+        self.audit = AuditLog(settings.audit_url)
+        self._generator: ImageGenerator | None = None
+        self._screen: ImageScreen | None = None
+        self._loading = threading.Lock()
+
+    @classmethod
+    def get(cls, settings: Settings) -> Workers:
+        key = settings.model_dump_json()
+        with cls._lock:
+            if key not in cls._cache:
+                cls._cache[key] = Workers(settings)
+            return cls._cache[key]
+
+    @property
+    def generator(self) -> ImageGenerator:
+        with self._loading:
+            if self._generator is None:
+                self._generator = ImageGenerator(self.policies, self.settings.models_dir, self.settings.device)
+            return self._generator
+
+    @property
+    def screen(self) -> ImageScreen:
+        with self._loading:
+            if self._screen is None:
+                device = resolve_device(self.settings.device)
+                self._screen = ImageScreen(self.policies, self.settings.models_dir, device)
+            return self._screen
+
+
+def software_versions() -> dict[str, str]:
+    return {name: version(name) for name in SOFTWARE}
+
+
+def row_record(run: RunContext, row: PromptRow, verdict: PromptVerdict) -> AuditRecord:
+    """The record of a row refused (block) or held for a person (review) by the text screen."""
+    return AuditRecord(
+        kind="row", run_id=run.run_id, campaign=row.campaign or run.campaign, sheet=run.sheet,
+        sheet_row=row.row, asset_id=row.asset_id,
+        decision="blocked" if verdict.decision == "block" else "held",
+        reasons=verdict.reasons, prompt=row.prompt, negative_prompt=row.negative_prompt,
+        text_verdict=verdict.model_dump(), brand=row.brand, model_id=row.model,
+        metadata=row.metadata, created_at=now().isoformat())
+
+
+def pending_jobs(jobs: list[ImageJob], workers: Workers) -> tuple[list[ImageJob], int]:
+    """Jobs whose image is not yet both audited and stored; and how many are done."""
+    pending = []
+    for job in jobs:
+        record = workers.audit.image_record(job.key)
+        stored = record is not None and workers.store.head(record.s3_key) is not None
+        if not stored:
+            pending.append(job)
+    return pending, len(jobs) - len(pending)
+
+
+def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, PromptVerdict],
+                  rows: dict[int, PromptRow], workers: Workers,
+                  on_image: Callable[[int], None] | None = None) -> BatchOutcome:
+    """Generate, screen, encode, audit and store one batch of images."""
+    policies = workers.policies
+    generated = workers.generator.generate(batch)
+    verdicts = workers.screen.screen_images([g.image for g in generated])
+    model = policies.models[batch.settings.model]
+    loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
+    software = software_versions()
+    outcome = BatchOutcome(generated=len(generated))
+    new_records, uploads = [], []
+    for image, verdict in zip(generated, verdicts):
+        job = image.job
+        placement = "delivery" if verdict.decision == "allow" else "quarantine"
+        parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
+                      "model": model.id, "model_sha256": image.model_sha256,
+                      **batch.settings.model_dump(mode="json", exclude={"model"})}
+        png = encode_png(image.image, parameters)
+        existing = workers.audit.image_record(job.key)
+        if existing is not None:  # audited before but its object was lost: put back the same bytes
+            uploads.append((existing, png))
+            outcome.repaired += 1
+            continue
+        cost = image_cost(image.seconds, image.device, policies.costs)
+        record = AuditRecord(
+            kind="image", run_id=run.run_id, campaign=job.campaign, sheet=run.sheet, sheet_row=job.row,
+            asset_id=job.asset_id, decision="delivered" if placement == "delivery" else "quarantined",
+            reasons=verdict.reasons, prompt=job.prompt, negative_prompt=job.negative_prompt,
+            text_verdict=text_verdicts[job.row].model_dump(), brand=job.brand,
+            model_id=model.id, model_revision=model.revision, model_sha256=image.model_sha256,
+            model_license=model.license.model_dump(),
+            loras=[{"id": use.id, "scale": use.scale, "sha256": image.lora_sha256[use.id],
+                    "license": loras[use.id].license.model_dump()} for use in batch.settings.loras],
+            scheduler=image.scheduler, steps=batch.settings.steps, guidance=batch.settings.guidance,
+            width=batch.settings.width, height=batch.settings.height, seed=job.seed, variant=job.variant,
+            batch_size=image.batch_size, batch_index=image.batch_index, device=image.device,
+            software=software, generation_seconds=round(image.seconds, 6), cost=cost,
+            currency=policies.costs.currency, image_verdict=verdict.model_dump(), image_key=job.key,
+            s3_bucket=workers.store.bucket, s3_key=workers.store.object_key(placement, job.key),
+            image_sha256=_sha256(png), metadata=rows[job.row].metadata, created_at=now().isoformat())
+        new_records.append(record)
+        uploads.append((record, png))
+        outcome.delivered += placement == "delivery"
+        outcome.quarantined += placement == "quarantine"
+        outcome.cost += cost
+    workers.audit.append(new_records)
+    for record, png in uploads:
+        if _sha256(png) != record.image_sha256:
+            raise RuntimeError(f"{record.image_key}: regenerated image differs from its audited sha256; not stored")
+        workers.store.put_image(placement_of(record), record.image_key, png, {"run-id": record.run_id})
+        outcome.s3_keys.append(record.s3_key)
+        if on_image:
+            on_image(1)
+    return outcome
+
+
+def placement_of(record: AuditRecord) -> str:
+    return "delivery" if record.decision == "delivered" else "quarantine"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

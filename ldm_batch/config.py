@@ -1,0 +1,48 @@
+"""Settings: one object, read from LDM_BATCH_* environment variables or a YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LDM_BATCH_", extra="forbid")
+
+    home: Path = Path(".ldm_batch")
+    policies_dir: Path = REPO_POLICIES
+    database_url: str | None = None
+    # No endpoint means the embedded SeaweedFS under `home`, started by the CLI.
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "ldm-batch"
+    delivery_prefix: str = "delivery/"
+    quarantine_prefix: str = "quarantine/"
+    device: str = "auto"
+    batch_size: int = 4
+    embedded_s3_port: int = 18333
+
+    @property
+    def audit_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'audit.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def load_settings(config_file: Path | None = None, **overrides) -> Settings:
+    """Settings from the environment; a YAML config file's keys take precedence."""
+    values = {}
+    if config_file is not None:
+        values = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{config_file}: expected a mapping of setting names to values")
+    return Settings(**values, **overrides)

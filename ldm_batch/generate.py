@@ -1,0 +1,131 @@
+"""Generate: run a `Batch` through a diffusers pipeline, one torch.Generator per image.
+
+Pipelines are loaded once per worker process and kept; brand LoRAs are loaded once per
+pipeline with `load_lora_weights(adapter_name=...)` and switched with `set_adapters`,
+never by reloading. Each image's generator is seeded from its job, so a batch of the
+same composition reproduces every image byte for byte.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ldm_batch.catalog import verified_path
+from ldm_batch.plan import Batch, ImageJob
+from ldm_batch.policies import Policies
+
+
+@dataclass
+class GeneratedImage:
+    job: ImageJob
+    image: Image.Image
+    seconds: float  # this image's share of the measured batch time
+    batch_size: int
+    batch_index: int
+    device: str
+    scheduler: str
+    model_sha256: str
+    lora_sha256: dict[str, str]
+
+
+def quiet_libraries() -> None:
+    """Keep library progress bars and advice off a batch job's output."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    # Loading a second brand adapter is intended: that is how brands are switched.
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def device_name(device: str) -> str:
+    """The name cost rates are looked up by: 'cpu', or 'cuda:<GPU model>'."""
+    if device.startswith("cuda"):
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
+    return device
+
+
+class ImageGenerator:
+    """Holds loaded pipelines and adapters for one worker process."""
+
+    def __init__(self, policies: Policies, models_dir: Path, device: str):
+        quiet_libraries()
+        self.policies = policies
+        self.models_dir = models_dir
+        self.device = resolve_device(device)
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.loads: Counter[str] = Counter()  # what was loaded from disk, for tests and reports
+        self._pipelines: dict[str, tuple[object, str]] = {}
+        self._adapters: dict[str, dict[str, str]] = {}  # model id -> {lora id: sha256}
+        self._lock = threading.Lock()
+
+    def pipeline(self, model_id: str):
+        if model_id not in self._pipelines:
+            from diffusers import StableDiffusionPipeline
+
+            entry = self.policies.models[model_id]
+            path, sha = verified_path(entry.source, entry.revision, entry.sha256, self.models_dir)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
+                requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipelines[model_id] = (pipe.to(self.device), sha)
+            self._adapters[model_id] = {}
+            self.loads[f"model:{model_id}"] += 1
+        return self._pipelines[model_id]
+
+    def _activate_loras(self, model_id: str, pipe, batch: Batch) -> dict[str, str]:
+        loaded = self._adapters[model_id]
+        entries = {lora.id: lora for brand in self.policies.brands.values() for lora in brand.loras}
+        for use in batch.settings.loras:
+            if use.id not in loaded:
+                entry = entries[use.id]
+                if entry.base_model != model_id:
+                    raise ValueError(f"LoRA {use.id!r} is trained for {entry.base_model!r}, not {model_id!r}")
+                path, sha = verified_path(entry.source, None, entry.sha256, self.models_dir)
+                pipe.load_lora_weights(path, adapter_name=use.id)
+                loaded[use.id] = sha
+                self.loads[f"lora:{use.id}"] += 1
+        if batch.settings.loras:
+            pipe.enable_lora()
+            pipe.set_adapters([u.id for u in batch.settings.loras], [u.scale for u in batch.settings.loras])
+        elif loaded:
+            pipe.disable_lora()
+        return {u.id: loaded[u.id] for u in batch.settings.loras}
+
+    def generate(self, batch: Batch) -> list[GeneratedImage]:
+        s = batch.settings
+        with self._lock:  # one pipeline call at a time; adapters are pipeline state
+            pipe, model_sha = self.pipeline(s.model)
+            lora_sha = self._activate_loras(s.model, pipe, batch)
+            generators = [torch.Generator(self.device).manual_seed(job.seed) for job in batch.jobs]
+            started = time.perf_counter()
+            images = pipe(
+                prompt=[job.prompt for job in batch.jobs],
+                negative_prompt=[job.negative_prompt for job in batch.jobs],
+                width=s.width, height=s.height, num_inference_steps=s.steps,
+                guidance_scale=s.guidance, generator=generators, output_type="pil",
+            ).images
+            seconds = time.perf_counter() - started
+        n = len(batch.jobs)
+        return [GeneratedImage(job=job, image=image, seconds=seconds / n, batch_size=n, batch_index=i,
+                               device=device_name(self.device), scheduler=type(pipe.scheduler).__name__,
+                               model_sha256=model_sha, lora_sha256=lora_sha)
+                for i, (job, image) in enumerate(zip(batch.jobs, images))]

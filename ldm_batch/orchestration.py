@@ -1,0 +1,25 @@
+"""Prefect settings for running offline: call before Prefect is imported.
+
+With no PREFECT_API_URL, Prefect starts a temporary local server per process; these
+defaults keep its state under the project's home and stop it calling telemetry hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_prefect(home: Path) -> None:
+    defaults = {
+        "PREFECT_HOME": str((home / "prefect").resolve()),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)

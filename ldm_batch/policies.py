@@ -1,0 +1,161 @@
+"""Policies: the YAML under `policies/`, loaded once into pydantic models and passed in.
+
+`load_policies(dir)` is the only reader of those files. A YAML or schema error names the
+file and the field, so a broken policy is refused before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SheetLimits(Strict):
+    max_rows: int = 10000
+    max_prompt_chars: int = 1000
+    max_variants: int = 16
+    min_size: int = 64
+    max_size: int = 2048
+    size_multiple: int = 8
+    max_steps: int = 150
+    max_guidance: float = 30.0
+
+
+class TextCategory(Strict):
+    action: Literal["block", "review"]
+    terms: list[str]
+
+
+class TextSafetyPolicy(Strict):
+    screen_id: str
+    allow_phrases: list[str] = []
+    categories: dict[str, TextCategory]
+
+
+class ImageConcept(Strict):
+    text: str
+    category: str
+    threshold: float = Field(gt=0, le=1)
+    action: Literal["block", "review"]
+
+
+class ImageSafetyPolicy(Strict):
+    screen_model: str
+    neutral_concepts: list[str] = Field(min_length=1)
+    concepts: list[ImageConcept]
+
+
+class GenerationDefaults(Strict):
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    guidance: float = 7.5
+
+
+class License(Strict):
+    id: str
+    url: str | None = None
+    commercial_use: bool
+
+
+class ModelEntry(Strict):
+    """A diffusion or CLIP checkpoint. `source` is a local path, a hub id, or builtin:NAME."""
+
+    id: str
+    kind: Literal["diffusion", "clip"] = "diffusion"
+    source: str
+    revision: str | None = None
+    sha256: str | None = Field(None, description="digest of the safetensors files (see catalog.weights_sha256)")
+    license: License
+    defaults: GenerationDefaults = GenerationDefaults()
+
+
+class LoraEntry(Strict):
+    id: str
+    source: str
+    sha256: str | None = None
+    scale: float = 1.0
+    base_model: str
+    license: License
+
+
+class Brand(Strict):
+    id: str
+    loras: list[LoraEntry] = []
+
+
+class CostRates(Strict):
+    currency: str
+    device_hour: dict[str, float]
+
+
+class Policies(Strict):
+    sheet_limits: SheetLimits
+    text_safety: TextSafetyPolicy
+    image_safety: ImageSafetyPolicy
+    default_model: str
+    models: dict[str, ModelEntry]
+    brands: dict[str, Brand]
+    costs: CostRates
+
+
+class PolicyError(Exception):
+    """A policy file is missing or invalid; the message names the file and the field."""
+
+
+def _load_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _parse(model: type[BaseModel], path: Path, data):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise PolicyError(f"{path}: {problems}") from None
+
+
+class _Catalog(Strict):
+    default_model: str
+    models: list[ModelEntry]
+
+
+def load_policies(directory: Path) -> Policies:
+    directory = Path(directory)
+    catalog = _parse(_Catalog, directory / "models.yaml", _load_yaml(directory / "models.yaml"))
+    models = {m.id: m for m in catalog.models}
+    brands = {}
+    for path in sorted((directory / "brands").glob("*.yaml")):
+        brand = _parse(Brand, path, _load_yaml(path))
+        if brand.id != path.stem:
+            raise PolicyError(f"{path}: id {brand.id!r} must match the file name {path.stem!r}")
+        for lora in brand.loras:
+            if lora.base_model not in models:
+                raise PolicyError(f"{path}: LoRA {lora.id!r} names base_model {lora.base_model!r}, "
+                                  f"which is not in models.yaml")
+        brands[brand.id] = brand
+    policies = Policies(
+        sheet_limits=_parse(SheetLimits, directory / "sheet_limits.yaml", _load_yaml(directory / "sheet_limits.yaml")),
+        text_safety=_parse(TextSafetyPolicy, directory / "text_safety.yaml", _load_yaml(directory / "text_safety.yaml")),
+        image_safety=_parse(ImageSafetyPolicy, directory / "image_safety.yaml", _load_yaml(directory / "image_safety.yaml")),
+        default_model=catalog.default_model,
+        models=models,
+        brands=brands,
+        costs=_parse(CostRates, directory / "costs.yaml", _load_yaml(directory / "costs.yaml")),
+    )
+    for name in (policies.default_model, policies.image_safety.screen_model):
+        if name not in models:
+            raise PolicyError(f"{directory}: model {name!r} is named by policy but not in models.yaml")
+    return policies

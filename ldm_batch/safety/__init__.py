@@ -1,0 +1,1 @@
+"""Safety screens: prompts before generation (text), images after it (image)."""

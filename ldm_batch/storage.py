@@ -1,0 +1,103 @@
+"""Storage: images into S3 through boto3, delivered or quarantined by prefix.
+
+`s3_client(settings)` is the one client factory. Puts are conditional (If-None-Match), so
+two workers or a resumed run never overwrite an object; an existing object with the same
+sha256 counts as stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from ldm_batch.config import Settings
+
+Placement = Literal["delivery", "quarantine"]
+
+
+class StoredImage(BaseModel):
+    bucket: str
+    key: str
+    version_id: str | None
+    sha256: str
+    size: int
+
+
+class StorageError(Exception):
+    pass
+
+
+def s3_client(settings: Settings):
+    secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+    return boto3.client(
+        "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id, aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+    )
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings):
+        self.client = s3_client(settings)
+        self.bucket = settings.s3_bucket
+        self.prefixes = {"delivery": settings.delivery_prefix, "quarantine": settings.quarantine_prefix}
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+                raise
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def object_key(self, placement: Placement, image_key: str) -> str:
+        return self.prefixes[placement] + image_key
+
+    def put_image(self, placement: Placement, image_key: str, data: bytes, metadata: dict[str, str]) -> StoredImage:
+        key = self.object_key(placement, image_key)
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType="image/png", IfNoneMatch="*",
+                Metadata={**metadata, "image-key": image_key, "sha256": sha})
+            version = response.get("VersionId")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("PreconditionFailed", "412"):
+                raise
+            existing = self.head(key)
+            if existing is None or existing["Metadata"].get("sha256") != sha:
+                raise StorageError(f"s3://{self.bucket}/{key} exists with different content") from None
+            version = existing.get("VersionId")
+        return StoredImage(bucket=self.bucket, key=key, version_id=version, sha256=sha, size=len(data))
+
+    def head(self, key: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def read_source(uri: str, settings: Settings) -> tuple[str, bytes]:
+    """The name and bytes of a local file or an s3://bucket/key object."""
+    from pathlib import Path
+
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        body = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return key.rsplit("/", 1)[-1], body
+    path = Path(uri)
+    return path.name, path.read_bytes()
