@@ -16,7 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ldm_batch import progress
-from ldm_batch.campaign import BatchOutcome, RunContext, Workers, pending_jobs, process_batch, row_record
+from ldm_batch.campaign import BatchOutcome, RunContext, Workers, is_stored, process_batch, row_record
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.plan import Batch, group_batches, plan_row
 from ldm_batch.safety.text import PromptVerdict, screen_prompts
@@ -60,9 +60,9 @@ def campaign_batch(sheet: str, campaign: str | None = None, config: str | None =
         workers.audit.append([row_record(run, row, v) for row, v in refused])
         allowed = [row for row, v in zip(parsed.rows, verdicts) if v.decision == "allow"]
         jobs = [job for row in allowed for job in plan_row(row, run.campaign, workers.policies)]
-        pending, reused = pending_jobs(jobs, workers)
-        batches = group_batches(pending, settings.batch_size)
-        progress.report("planned", len(pending))
+        batches = [batch for batch in group_batches(jobs, settings.batch_size)
+                   if not all(is_stored(job, workers) for job in batch.jobs)]
+        progress.report("planned", sum(len(batch.jobs) for batch in batches))
         futures = generate_batch.map(
             batches, unmapped(run), unmapped({r.row: v for r, v in zip(parsed.rows, verdicts)}),
             unmapped({r.row: r for r in parsed.rows}), unmapped(settings))
@@ -74,7 +74,7 @@ def campaign_batch(sheet: str, campaign: str | None = None, config: str | None =
                      for row, v in refused],
             images=len(jobs),
             images_generated=sum(o.generated for o in outcomes),
-            images_reused=reused,
+            images_reused=len(jobs) - sum(len(b.jobs) for b in batches) + sum(o.reused for o in outcomes),
             images_delivered=sum(o.delivered for o in outcomes),
             images_blocked=sum(o.quarantined for o in outcomes),
             images_repaired=sum(o.repaired for o in outcomes),

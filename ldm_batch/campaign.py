@@ -46,6 +46,7 @@ class BatchOutcome(BaseModel):
     delivered: int = 0
     quarantined: int = 0
     repaired: int = 0
+    reused: int = 0
     cost: float = 0.0
     s3_keys: list[str] = []
 
@@ -104,21 +105,21 @@ def row_record(run: RunContext, row: PromptRow, verdict: PromptVerdict) -> Audit
         metadata=row.metadata, created_at=now().isoformat())
 
 
-def pending_jobs(jobs: list[ImageJob], workers: Workers) -> tuple[list[ImageJob], int]:
-    """Jobs whose image is not yet both audited and stored; and how many are done."""
-    pending = []
-    for job in jobs:
-        record = workers.audit.image_record(job.key)
-        stored = record is not None and workers.store.head(record.s3_key) is not None
-        if not stored:
-            pending.append(job)
-    return pending, len(jobs) - len(pending)
+def is_stored(job: ImageJob, workers: Workers) -> bool:
+    """True when the job's image is audited and its object is in the store."""
+    record = workers.audit.image_record(job.key)
+    return record is not None and workers.store.head(record.s3_key) is not None
 
 
 def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, PromptVerdict],
                   rows: dict[int, PromptRow], workers: Workers,
                   on_image: Callable[[int], None] | None = None) -> BatchOutcome:
-    """Generate, screen, encode, audit and store one batch of images."""
+    """Generate, screen, encode, audit and store one batch of images.
+
+    The whole batch is generated even when some of its images are stored already: images
+    are reproducible only at a fixed batch composition, and a lost object must be put back
+    with exactly the bytes its audit record names.
+    """
     policies = workers.policies
     generated = workers.generator.generate(batch)
     verdicts = workers.screen.screen_images([g.image for g in generated])
@@ -135,9 +136,12 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
                       **batch.settings.model_dump(mode="json", exclude={"model"})}
         png = encode_png(image.image, parameters)
         existing = workers.audit.image_record(job.key)
-        if existing is not None:  # audited before but its object was lost: put back the same bytes
-            uploads.append((existing, png))
-            outcome.repaired += 1
+        if existing is not None:
+            if workers.store.head(existing.s3_key) is not None:
+                outcome.reused += 1
+            else:  # audited before but its object was lost: put back the same bytes
+                uploads.append((existing, png))
+                outcome.repaired += 1
             continue
         cost = image_cost(image.seconds, image.device, policies.costs)
         record = AuditRecord(

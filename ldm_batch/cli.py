@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -70,7 +71,7 @@ def object_store(settings: Settings) -> Iterator[Settings]:
         try:
             yield settings.model_copy(update={"s3_endpoint_url": server.endpoint_url,
                                               "s3_access_key_id": server.access_key_id,
-                                              "s3_secret_access_key": server.secret_access_key})
+                                              "s3_secret_access_key": SecretStr(server.secret_access_key)})
         finally:
             for name, value in saved.items():
                 if value is None:

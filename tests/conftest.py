@@ -1,0 +1,107 @@
+"""Shared test fixtures: a real SeaweedFS, a real PostgreSQL database, Prefect's test harness.
+
+Models are built once per session into a shared home; every test gets its own bucket and
+its own audit database, so tests never see each other's images or records.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ldm_batch.orchestration import configure_prefect
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="ldm-batch-tests-"))
+configure_prefect(SESSION_HOME)  # before anything imports prefect
+POSTGRES_ADMIN_URL = os.environ.get("LDM_BATCH_TEST_POSTGRES_URL",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_base_port() -> int:
+    """A base port whose SeaweedFS ports (base..base+7, and +10000 for gRPC) are all free."""
+    from ldm_batch.embedded_s3 import PORT_OFFSETS
+
+    for _ in range(200):
+        base = random.randrange(20000, 30000, 10)
+        ports = [base + o for o in PORT_OFFSETS.values()] + [base + 10000 + o for o in PORT_OFFSETS.values()]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free ports for SeaweedFS")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server with enforced credentials, for the whole session."""
+    from ldm_batch.embedded_s3 import embedded_s3
+
+    with embedded_s3(tmp_path_factory.mktemp("s3"), free_base_port()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def settings(s3_server, tmp_path, monkeypatch):
+    """Settings for one test: shared models, a fresh bucket and a fresh SQLite audit log."""
+    from ldm_batch.config import Settings
+
+    env = {
+        "LDM_BATCH_HOME": str(SESSION_HOME),
+        "LDM_BATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
+        "LDM_BATCH_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "LDM_BATCH_S3_ACCESS_KEY_ID": s3_server.access_key_id,
+        "LDM_BATCH_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
+        "LDM_BATCH_S3_BUCKET": f"test-{uuid.uuid4().hex[:12]}",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+@pytest.fixture
+def postgres_url():
+    """A new, empty PostgreSQL database on the local server, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"ldm_batch_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    yield url
+    from ldm_batch.audit.log import AuditLog  # noqa: F401 - engines are disposed with the process
+
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def policies():
+    from ldm_batch.policies import load_policies
+
+    return load_policies(REPO / "policies")
