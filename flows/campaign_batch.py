@@ -50,8 +50,7 @@ def campaign_batch(sheet: str, campaign: str | None = None, config: str | None =
 
     parsed = load_sheet(sheet, settings)
     verdicts = screen_text(parsed, settings)
-    run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or parsed.rows[0].campaign
-                     or sheet_stem(parsed.name), sheet=parsed.name)
+    run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or sheet_stem(parsed.name), sheet=parsed.name)
     workers.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256)
     summary = {"run_id": run.run_id, "campaign": run.campaign, "sheet": parsed.name,
                "rows": len(parsed.rows), "errors": []}
