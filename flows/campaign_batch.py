@@ -18,8 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from ldm_batch import progress
 from ldm_batch.campaign import BatchOutcome, RunContext, Workers, is_stored, process_batch, row_record
 from ldm_batch.config import Settings, load_settings
+from ldm_batch.licenses import LicenseRefused, Use, license_problems
 from ldm_batch.plan import Batch, group_batches, plan_row
-from ldm_batch.safety.text import PromptVerdict, screen_prompts
+from ldm_batch.safety.text import PromptVerdict
 from ldm_batch.sheets import PromptRow, Sheet, read_sheet, sheet_stem
 from ldm_batch.storage import read_source
 
@@ -32,7 +33,8 @@ def load_sheet(uri: str, settings: Settings) -> Sheet:
 
 @task(cache_policy=NO_CACHE)
 def screen_text(sheet: Sheet, settings: Settings) -> list[PromptVerdict]:
-    return screen_prompts([row.prompt for row in sheet.rows], Workers.get(settings).policies.text_safety)
+    return Workers.get(settings).text_screen.screen([row.prompt for row in sheet.rows],
+                                                    [row.brand for row in sheet.rows])
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -41,8 +43,23 @@ def generate_batch(batch: Batch, run: RunContext, verdicts: dict[int, PromptVerd
     return process_batch(batch, run, verdicts, rows, Workers.get(settings), on_image=lambda n: progress.report("image", n))
 
 
+def refuse_unlicensed(jobs: list, sheet: Sheet, verdicts: list[PromptVerdict], run: RunContext,
+                      workers: Workers) -> None:
+    """Before any generation: record and refuse rows whose weights' licenses forbid the use."""
+    problems = license_problems(jobs, workers.policies, run.use)
+    if not problems:
+        return
+    verdict_of = {row.row: v for row, v in zip(sheet.rows, verdicts)}
+    rows = [row for row in sheet.rows if any(p["row"] == row.row for p in problems)]
+    workers.audit.append([row_record(run, row, verdict_of[row.row],
+                                     license_reasons=[p["message"] for p in problems if p["row"] == row.row])
+                          for row in rows])
+    raise LicenseRefused(problems)
+
+
 @flow(name="campaign-batch")
-def campaign_batch(sheet: str, campaign: str | None = None, config: str | None = None) -> dict:
+def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commercial",
+                   config: str | None = None) -> dict:
     settings = load_settings(config)
     workers = Workers.get(settings)
     workers.audit.migrate()
@@ -50,7 +67,8 @@ def campaign_batch(sheet: str, campaign: str | None = None, config: str | None =
 
     parsed = load_sheet(sheet, settings)
     verdicts = screen_text(parsed, settings)
-    run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or sheet_stem(parsed.name), sheet=parsed.name)
+    run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or sheet_stem(parsed.name), use=use,
+                     sheet=parsed.name)
     workers.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256)
     summary = {"run_id": run.run_id, "campaign": run.campaign, "sheet": parsed.name,
                "rows": len(parsed.rows), "errors": []}
@@ -59,6 +77,7 @@ def campaign_batch(sheet: str, campaign: str | None = None, config: str | None =
         workers.audit.append([row_record(run, row, v) for row, v in refused])
         allowed = [row for row, v in zip(parsed.rows, verdicts) if v.decision == "allow"]
         jobs = [job for row in allowed for job in plan_row(row, run.campaign, workers.policies)]
+        refuse_unlicensed(jobs, parsed, verdicts, run, workers)
         batches = [batch for batch in group_batches(jobs, settings.batch_size)
                    if not all(is_stored(job, workers) for job in batch.jobs)]
         progress.report("planned", sum(len(batch.jobs) for batch in batches))
@@ -75,12 +94,15 @@ def campaign_batch(sheet: str, campaign: str | None = None, config: str | None =
             images_generated=sum(o.generated for o in outcomes),
             images_reused=len(jobs) - sum(len(b.jobs) for b in batches) + sum(o.reused for o in outcomes),
             images_delivered=sum(o.delivered for o in outcomes),
-            images_blocked=sum(o.quarantined for o in outcomes),
+            images_blocked=sum(o.quarantined + o.discarded for o in outcomes),
             images_repaired=sum(o.repaired for o in outcomes),
             images_stored=sum(o.delivered + o.quarantined + o.repaired for o in outcomes),
             cost=round(sum(o.cost for o in outcomes), 8), currency=workers.policies.costs.currency,
             bucket=settings.s3_bucket, s3_keys=[key for o in outcomes for key in o.s3_keys],
         )
+    except LicenseRefused as exc:
+        workers.audit.finish_run(run.run_id, "refused", {**summary, "errors": exc.problems})
+        raise
     except BaseException as exc:
         workers.audit.finish_run(run.run_id, "failed", {**summary, "errors": [{"row": None, "column": None,
                                                                                "message": str(exc)}]})

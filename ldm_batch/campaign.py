@@ -23,12 +23,12 @@ from ldm_batch.audit import AuditLog, AuditRecord
 from ldm_batch.audit.log import now
 from ldm_batch.config import Settings
 from ldm_batch.cost import image_cost
-from ldm_batch.generate import ImageGenerator, resolve_device
+from ldm_batch.generate import GeneratedImage, ImageGenerator, resolve_device
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies, load_policies
 from ldm_batch.provenance import encode_png
-from ldm_batch.safety.image import ImageScreen
-from ldm_batch.safety.text import PromptVerdict
+from ldm_batch.safety.image import ImageScreen, ImageVerdict
+from ldm_batch.safety.text import PromptVerdict, TextScreen
 from ldm_batch.sheets import PromptRow, Sheet
 from ldm_batch.storage import ObjectStore
 
@@ -38,6 +38,7 @@ SOFTWARE = ("ldm-batch", "torch", "diffusers", "transformers", "open_clip_torch"
 class RunContext(BaseModel):
     run_id: str
     campaign: str
+    use: str
     sheet: str
 
 
@@ -47,6 +48,7 @@ class BatchOutcome(BaseModel):
     quarantined: int = 0
     repaired: int = 0
     reused: int = 0
+    discarded: int = 0  # blocked by a concept whose policy keeps only hash and scores
     cost: float = 0.0
     s3_keys: list[str] = []
 
@@ -64,6 +66,7 @@ class Workers:
         self.audit = AuditLog(settings.audit_url)
         self._generator: ImageGenerator | None = None
         self._screen: ImageScreen | None = None
+        self._text_screen: TextScreen | None = None
         self._loading = threading.Lock()
 
     @classmethod
@@ -78,15 +81,22 @@ class Workers:
     def generator(self) -> ImageGenerator:
         with self._loading:
             if self._generator is None:
-                self._generator = ImageGenerator(self.policies, self.settings.models_dir, self.settings.device)
+                self._generator = ImageGenerator(self.policies, self.settings.device)
             return self._generator
+
+    @property
+    def text_screen(self) -> TextScreen:
+        with self._loading:
+            if self._text_screen is None:
+                self._text_screen = TextScreen(self.policies, self.settings.policies_dir)
+            return self._text_screen
 
     @property
     def screen(self) -> ImageScreen:
         with self._loading:
             if self._screen is None:
                 device = resolve_device(self.settings.device)
-                self._screen = ImageScreen(self.policies, self.settings.models_dir, device)
+                self._screen = ImageScreen(self.policies, device)
             return self._screen
 
 
@@ -94,26 +104,32 @@ def software_versions() -> dict[str, str]:
     return {name: version(name) for name in SOFTWARE}
 
 
-def row_record(run: RunContext, row: PromptRow, verdict: PromptVerdict) -> AuditRecord:
-    """The record of a row refused (block) or held for a person (review) by the text screen."""
+def row_record(run: RunContext, row: PromptRow, verdict: PromptVerdict,
+               license_reasons: list[str] | None = None) -> AuditRecord:
+    """The record of a row that makes no image: refused by the text screen (block), held for a
+    person (review), or refused because a license does not allow the campaign's use."""
+    held = verdict.decision == "review" and not license_reasons
     return AuditRecord(
-        kind="row", run_id=run.run_id, campaign=row.campaign or run.campaign, sheet=run.sheet,
-        sheet_row=row.row, asset_id=row.asset_id,
-        decision="blocked" if verdict.decision == "block" else "held",
-        reasons=verdict.reasons, prompt=row.prompt, negative_prompt=row.negative_prompt,
+        kind="row", run_id=run.run_id, campaign=row.campaign or run.campaign, use=run.use, sheet=run.sheet,
+        sheet_row=row.row, asset_id=row.asset_id, decision="held" if held else "blocked",
+        reasons=license_reasons or verdict.reasons, prompt=row.prompt, negative_prompt=row.negative_prompt,
         text_verdict=verdict.model_dump(), brand=row.brand, model_id=row.model,
         metadata=row.metadata, created_at=now().isoformat())
 
 
 def is_stored(job: ImageJob, workers: Workers) -> bool:
-    """True when the job's image is audited and its object is in the store."""
-    record = workers.audit.image_record(job.key)
-    return record is not None and workers.store.head(record.s3_key) is not None
+    """True when the job's image is audited and stored (or audited as not to be stored)."""
+    return is_complete(workers.audit.image_record(job.key), workers)
+
+
+def is_complete(record: AuditRecord | None, workers: Workers) -> bool:
+    return record is not None and (record.s3_key is None or workers.store.head(record.s3_key) is not None)
 
 
 def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, PromptVerdict],
                   rows: dict[int, PromptRow], workers: Workers,
                   on_image: Callable[[int], None] | None = None) -> BatchOutcome:
+    # on_image(n): n more images of the run are done (for progress bars)
     """Generate, screen, encode, audit and store one batch of images.
 
     The whole batch is generated even when some of its images are stored already: images
@@ -122,7 +138,7 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
     """
     policies = workers.policies
     generated = workers.generator.generate(batch)
-    verdicts = workers.screen.screen_images([g.image for g in generated])
+    verdicts = screen_or_quarantine(workers, [g.image for g in generated])
     model = policies.models[batch.settings.model]
     loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
     software = software_versions()
@@ -130,14 +146,11 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
     new_records, uploads = [], []
     for image, verdict in zip(generated, verdicts):
         job = image.job
-        placement = "delivery" if verdict.decision == "allow" else "quarantine"
-        parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
-                      "model": model.id, "model_sha256": image.model_sha256,
-                      **batch.settings.model_dump(mode="json", exclude={"model"})}
-        png = encode_png(image.image, parameters)
+        placement = "delivery" if verdict.decision == "allow" else "quarantine" if verdict.keep_image else None
+        png = encode(image)
         existing = workers.audit.image_record(job.key)
         if existing is not None:
-            if workers.store.head(existing.s3_key) is not None:
+            if is_complete(existing, workers):
                 outcome.reused += 1
             else:  # audited before but its object was lost: put back the same bytes
                 uploads.append((existing, png))
@@ -145,8 +158,9 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
             continue
         cost = image_cost(image.seconds, image.device, policies.costs)
         record = AuditRecord(
-            kind="image", run_id=run.run_id, campaign=job.campaign, sheet=run.sheet, sheet_row=job.row,
-            asset_id=job.asset_id, decision="delivered" if placement == "delivery" else "quarantined",
+            kind="image", run_id=run.run_id, campaign=job.campaign, use=run.use, sheet=run.sheet, sheet_row=job.row,
+            asset_id=job.asset_id,
+            decision={"delivery": "delivered", "quarantine": "quarantined", None: "blocked"}[placement],
             reasons=verdict.reasons, prompt=job.prompt, negative_prompt=job.negative_prompt,
             text_verdict=text_verdicts[job.row].model_dump(), brand=job.brand,
             model_id=model.id, model_revision=model.revision, model_sha256=image.model_sha256,
@@ -155,15 +169,18 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
                     "license": loras[use.id].license.model_dump()} for use in batch.settings.loras],
             scheduler=image.scheduler, steps=batch.settings.steps, guidance=batch.settings.guidance,
             width=batch.settings.width, height=batch.settings.height, seed=job.seed, variant=job.variant,
-            batch_size=image.batch_size, batch_index=image.batch_index, device=image.device,
+            batch_id=batch.id, batch_size=image.batch_size, batch_index=image.batch_index, device=image.device,
             software=software, generation_seconds=round(image.seconds, 6), cost=cost,
             currency=policies.costs.currency, image_verdict=verdict.model_dump(), image_key=job.key,
-            s3_bucket=workers.store.bucket, s3_key=workers.store.object_key(placement, job.key),
+            s3_bucket=workers.store.bucket if placement else None,
+            s3_key=workers.store.object_key(placement, job.key) if placement else None,
             image_sha256=_sha256(png), metadata=rows[job.row].metadata, created_at=now().isoformat())
         new_records.append(record)
-        uploads.append((record, png))
+        if placement:
+            uploads.append((record, png))
         outcome.delivered += placement == "delivery"
         outcome.quarantined += placement == "quarantine"
+        outcome.discarded += placement is None
         outcome.cost += cost
     workers.audit.append(new_records)
     for record, png in uploads:
@@ -171,9 +188,28 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
             raise RuntimeError(f"{record.image_key}: regenerated image differs from its audited sha256; not stored")
         workers.store.put_image(placement_of(record), record.image_key, png, {"run-id": record.run_id})
         outcome.s3_keys.append(record.s3_key)
-        if on_image:
-            on_image(1)
+    if on_image:
+        on_image(len(generated))
     return outcome
+
+
+def screen_or_quarantine(workers: Workers, images: list) -> list[ImageVerdict]:
+    """The image screen's verdicts; if the screen cannot run, every image goes to review
+    (quarantine), with the reason recorded. Unscreened images are never delivered."""
+    try:
+        return workers.screen.screen_images(images)
+    except Exception as exc:
+        reason = f"image screen failed, held for review: {type(exc).__name__}: {exc}"
+        return [ImageVerdict(decision="review", scores={}, fired=[], reasons=[reason], screen="unavailable")
+                for _ in images]
+
+
+def encode(image: GeneratedImage) -> bytes:
+    """The PNG stored for a generated image, with its generation parameters embedded."""
+    job = image.job
+    parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
+                  "model_sha256": image.model_sha256, **job.settings.model_dump(mode="json")}
+    return encode_png(image.image, parameters)
 
 
 def placement_of(record: AuditRecord) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from filelock import FileLock
+DEMO_KIT = Path(__file__).parent / "demo_kit" / "weights"
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # can run code when loaded
 
 
 class CatalogError(Exception):
@@ -35,18 +36,23 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve(source: str, revision: str | None, models_dir: Path) -> Path:
-    """Local path of a source; builds builtin:NAME into `models_dir` on first use."""
+def resolve(source: str, revision: str | None) -> Path:
+    """Local path of a source: builtin:NAME (the committed demo kit), package:PKG/dir, a path,
+    or a hub id."""
     if source.startswith("builtin:"):
-        from ldm_batch.demo_kit.build import build
+        path = DEMO_KIT / source.removeprefix("builtin:")
+        if not path.exists():
+            raise CatalogError(f"{source}: demo kit weights missing at {path}; "
+                               "train them with `python -m ldm_batch.demo_kit.train`")
+        return path
+    if source.startswith("package:"):  # weights shipped inside an installed Python package
+        import importlib.util
 
-        name = source.removeprefix("builtin:")
-        target = models_dir / name
-        models_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(models_dir / f".{name}.lock")):
-            if not target.exists():
-                build(name, target)
-        return target
+        package, _, inner = source.removeprefix("package:").partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise CatalogError(f"{source}: the Python package {package!r} is not installed")
+        return Path(next(iter(spec.submodule_search_locations))) / inner
     local = Path(source).expanduser()
     if local.exists():
         return local
@@ -57,11 +63,11 @@ def resolve(source: str, revision: str | None, models_dir: Path) -> Path:
                                   allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
 
 
-def verified_path(source: str, revision: str | None, sha256: str | None, models_dir: Path) -> tuple[Path, str]:
+def verified_path(source: str, revision: str | None, sha256: str | None) -> tuple[Path, str]:
     """Resolve a source and check its weights; return (path, actual sha256)."""
-    path = resolve(source, revision, models_dir)
-    if path.is_file() and path.suffix != ".safetensors":
-        raise CatalogError(f"{path}: only .safetensors weights are loaded")
+    path = resolve(source, revision)
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise CatalogError(f"{path}: pickle weights ({path.suffix}) are not loaded; use safetensors")
     actual = weights_sha256(path)
     if sha256 and actual != sha256:
         raise CatalogError(f"{source}: weights sha256 {actual} does not match the catalog's {sha256}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -30,9 +31,26 @@ app = typer.Typer(help="Batch image generation with safety screens, S3 storage a
 screen_app = typer.Typer(help="Run the safety screens on their own.", no_args_is_help=True)
 audit_app = typer.Typer(help="Query and verify the audit log.", no_args_is_help=True)
 store_app = typer.Typer(help="Look at the object store.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure the safety screens on labelled data.", no_args_is_help=True)
+review_app = typer.Typer(help="Review quarantined images: list, show, approve, reject.", no_args_is_help=True)
 app.add_typer(screen_app, name="screen")
 app.add_typer(audit_app, name="audit")
 app.add_typer(store_app, name="store")
+app.add_typer(eval_app, name="eval")
+app.add_typer(review_app, name="review")
+
+
+class Use(str, Enum):
+    commercial = "commercial"
+    non_commercial = "non-commercial"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    parquet = "parquet"
+
 
 out = Console()
 err = Console(stderr=True)
@@ -121,8 +139,11 @@ def validate(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3:
 @app.command()
 def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://bucket/key")],
         campaign: Annotated[str | None, typer.Option(help="Campaign name (default: the sheet's name)")] = None,
+        use: Annotated[Use, typer.Option(help="The campaign's use; licenses must allow it")] = Use.commercial,
         config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Run a campaign sheet: screen, generate, screen, store and audit."""
+    from ldm_batch.licenses import LicenseRefused
+
     settings = _settings(config)
     if campaign is not None and not SAFE_NAME.match(campaign):
         fail(f"--campaign {campaign!r}: use 1-128 letters, digits, '.', '_' or '-'", 2, as_json)
@@ -135,9 +156,16 @@ def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://buc
         with object_store(settings) as settings:
             if sheet.startswith("s3://"):
                 _validate(sheet, settings, as_json)
-            summary = _run_flow(sheet, campaign, config, quiet=as_json)
+            summary = _run_flow(sheet, campaign, use.value, config, quiet=as_json)
     except typer.Exit:
         raise
+    except LicenseRefused as exc:
+        if as_json:
+            print(json.dumps({"error": "license", "errors": exc.problems}))
+        err.print("[red]refused before generation[/red]: the campaign's use is not allowed by these licenses:")
+        for problem in exc.problems:
+            err.print(f"  row {problem['row']}, column '{problem['column']}': {problem['message']}", highlight=False)
+        raise typer.Exit(2) from None
     except Exception as exc:
         fail(f"run failed: {type(exc).__name__}: {exc}", 1, as_json,
              errors=[{"row": None, "column": None, "message": str(exc)}])
@@ -147,7 +175,7 @@ def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://buc
         _print_summary(summary, settings)
 
 
-def _run_flow(sheet: str, campaign: str | None, config: Path | None, quiet: bool) -> dict:
+def _run_flow(sheet: str, campaign: str | None, use: str, config: Path | None, quiet: bool) -> dict:
     from flows.campaign_batch import campaign_batch
     from ldm_batch import progress
 
@@ -163,7 +191,7 @@ def _run_flow(sheet: str, campaign: str | None, config: Path | None, quiet: bool
 
         stop_listening = progress.listen(on_event)
         try:
-            return campaign_batch(sheet=sheet, campaign=campaign, config=str(config) if config else None)
+            return campaign_batch(sheet=sheet, campaign=campaign, use=use, config=str(config) if config else None)
         finally:
             stop_listening()
 
@@ -193,9 +221,7 @@ def _safe_url(url: str) -> str:
 def screen_text(prompts: Annotated[list[str] | None, typer.Argument(help="Prompts to screen")] = None,
                 file: Annotated[Path | None, typer.Option("--file", help="A text file, one prompt per line")] = None,
                 config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Screen prompts with the text safety policy."""
-    from ldm_batch.safety.text import screen_prompts
-
+    """Screen prompts with the text safety policy (rules and classifier)."""
     texts = list(prompts or [])
     if file is not None:
         try:
@@ -204,17 +230,25 @@ def screen_text(prompts: Annotated[list[str] | None, typer.Argument(help="Prompt
             fail(f"{file}: cannot read prompts ({exc})", 2)
     if not texts:
         fail("give prompts as arguments or --file FILE", 2)
-    try:
-        policy = load_policies(_settings(config).policies_dir).text_safety
-    except PolicyError as exc:
-        fail(str(exc), 2)
-    for verdict in screen_prompts(texts, policy):
+    for verdict in _text_screen(_settings(config)).screen(texts):
         if as_json:
             print(verdict.model_dump_json(include={"prompt", "decision", "categories", "reasons", "scores"}))
         else:
             colour = {"allow": "green", "review": "yellow", "block": "red"}[verdict.decision]
             out.print(f"[{colour}]{verdict.decision:6}[/{colour}] {verdict.prompt}"
                       + (f"  ({'; '.join(verdict.reasons)})" if verdict.reasons else ""), highlight=False)
+
+
+def _text_screen(settings: Settings):
+    from ldm_batch.safety.text import TextScreen
+
+    try:
+        screen = TextScreen(load_policies(settings.policies_dir), settings.policies_dir)
+    except PolicyError as exc:
+        fail(str(exc), 2)
+    if screen.unavailable:
+        err.print(f"[red]warning:[/red] {screen.unavailable}; every prompt is blocked", highlight=False)
+    return screen
 
 
 @screen_app.command("image")
@@ -232,7 +266,7 @@ def screen_image(paths: Annotated[list[Path], typer.Argument(help="Image files")
             images.append(Image.open(path).convert("RGB"))
         except (OSError, UnidentifiedImageError) as exc:
             fail(f"{path}: not a readable image ({exc})", 2)
-    screen = ImageScreen(load_policies(settings.policies_dir), settings.models_dir)
+    screen = ImageScreen(load_policies(settings.policies_dir))
     for path, verdict in zip(paths, screen.screen_images(images)):
         if as_json:
             print(json.dumps({"path": str(path), "decision": verdict.decision, "scores": verdict.scores,
@@ -241,14 +275,70 @@ def screen_image(paths: Annotated[list[Path], typer.Argument(help="Image files")
             out.print(f"{verdict.decision:6} {path}  {verdict.scores}", highlight=False)
 
 
+@eval_app.command("text-safety")
+def eval_text_safety(
+    labelled: Annotated[Path, typer.Argument(help="CSV with columns prompt,label (label: safe or a category)")],
+    split: Annotated[str, typer.Option(help="heldout, train or all")] = "heldout",
+    config: ConfigOption = None, as_json: JsonOption = False,
+) -> None:
+    """Precision, recall and false-positive rate of the text screen, per category and overall."""
+    from ldm_batch.safety.text_eval import evaluate, load_labelled
+
+    if split not in ("heldout", "train", "all"):
+        fail(f"--split {split!r}: expected heldout, train or all", 2)
+    screen = _text_screen(_settings(config))
+    try:
+        frame = load_labelled(labelled, list(screen.policy.categories))
+    except (OSError, ValueError) as exc:
+        fail(str(exc), 2)
+    if split != "all":
+        frame = frame[frame["split"] == split]
+    report = {"split": split, **evaluate(screen, frame)}
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("category", "precision", "recall", "false positive rate", "support",
+                  title=f"{report['screen']} on {len(frame)} {split} prompts")
+    for name, m in report["categories"].items():
+        table.add_row(name, *(str(m[k]) for k in ("precision", "recall", "false_positive_rate", "support")))
+    out.print(table)
+    overall = report["overall"]
+    out.print(f"unsafe recall {overall['unsafe_recall']} ({overall['unsafe']} unsafe), "
+              f"safe false-positive rate {overall['safe_false_positive_rate']} ({overall['safe']} safe)")
+    for miss in report["errors"]:
+        out.print(f"  miss: ({miss['label']}) {miss['prompt']} -> {miss['decision']} {miss['categories']}",
+                  highlight=False)
+
+
+@eval_app.command("image-safety")
+def eval_image_safety(
+    directory: Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per label "
+                                                   "(a concept category, or safe)")],
+    target_fpr: Annotated[float, typer.Option(help="False-positive rate the suggested threshold keeps")] = 0.05,
+    config: ConfigOption = None, as_json: JsonOption = False,
+) -> None:
+    """Recall, false-positive rate and a suggested threshold per image-safety concept."""
+    from ldm_batch.safety.image import ImageScreen
+    from ldm_batch.safety.image_eval import evaluate, load_labelled_images
+
+    settings = _settings(config)
+    try:
+        items = load_labelled_images(directory)
+    except (OSError, ValueError) as exc:
+        fail(str(exc), 2)
+    report = evaluate(ImageScreen(load_policies(settings.policies_dir)), items, target_fpr)
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table("concept", "threshold", "recall", "FPR", "suggested", "recall at suggested",
+                  title=f"{report['screen']} on {report['images']} images")
+    for text, m in report["concepts"].items():
+        table.add_row(text, str(m["threshold"]), str(m["recall"]), str(m["false_positive_rate"]),
+                      str(m["suggested_threshold"]), str(m["recall_at_suggested"]))
+    out.print(table)
+
+
 # -- audit -------------------------------------------------------------------------------
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    parquet = "parquet"
-
-
 def _audit_log(config: Path | None):
     from ldm_batch.audit import AuditLog
 
@@ -265,6 +355,12 @@ def audit_query(
     decision: Annotated[str | None, typer.Option(help="delivered, quarantined, blocked or held")] = None,
     model: Annotated[str | None, typer.Option(help="Model id")] = None,
     kind: Annotated[str | None, typer.Option(help="image or row")] = None,
+    brand: Annotated[str | None, typer.Option(help="Brand id")] = None,
+    license: Annotated[str | None, typer.Option(help="Model license id, e.g. CreativeML-OpenRAIL-M")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Records made at or after this time (UTC)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Records made before this time (UTC)")] = None,
+    text: Annotated[str | None, typer.Option(help="Prompts containing this text (case-insensitive)")] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Review decisions by this reviewer")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many records")] = None,
     format: Annotated[Format, typer.Option("--format", help="Output format")] = Format.table,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout")] = None,
@@ -273,8 +369,10 @@ def audit_query(
     """Records of the audit log, filtered."""
     import pandas as pd
 
-    records = _audit_log(config).query(run_id=run_id, campaign=campaign, asset_id=asset_id,
-                                       decision=decision, model_id=model, kind=kind, limit=limit)
+    records = _audit_log(config).query(run_id=run_id, campaign=campaign, asset_id=asset_id, decision=decision,
+                                       model_id=model, kind=kind, brand=brand, license=license,
+                                       since=_utc(since), until=_utc(until), text=text, reviewer=reviewer,
+                                       limit=limit)
     if format is Format.parquet and out_file is None:
         fail("--format parquet needs --out FILE", 2)
     if format is Format.table:
@@ -290,18 +388,108 @@ def audit_query(
         if frame[column].map(lambda v: isinstance(v, dict | list)).any():
             frame[column] = frame[column].map(json.dumps)
     if format is Format.json:
-        text = "\n".join(json.dumps(r) for r in records)
-        out_file.write_text(text + "\n") if out_file else print(text)
+        lines = "".join(json.dumps(r) + "\n" for r in records)  # JSON Lines: nothing for no records
+        out_file.write_text(lines) if out_file else print(lines, end="")
     elif format is Format.csv:
-        frame.to_csv(out_file or sys.stdout, index=False)
+        _defuse_formulas(frame).to_csv(out_file or sys.stdout, index=False)
     else:
         frame.to_parquet(out_file, index=False)
 
 
+def _image_records(log, settings: Settings, image: str) -> list[dict]:
+    """All records of one image, found by its image key, S3 key or sha256."""
+    key = image
+    for prefix in (settings.delivery_prefix, settings.quarantine_prefix):
+        key = key.removeprefix(prefix)
+    records = log.query(image_key=key) or log.query(image_sha256=image)
+    if not records:
+        fail(f"no image with key, S3 key or sha256 {image!r} in the audit log", 2)
+    return records
+
+
+@audit_app.command("explain")
+def audit_explain(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")],
+                  config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """The full lineage of one image: run, sheet row, screens, model, licenses, storage, reviews."""
+    settings = _settings(config)
+    log = _audit_log(config)
+    records = _image_records(log, settings, image)
+    first = records[0]
+    run = next((r for r in log.runs() if r["run_id"] == first["run_id"]), None)
+    lineage = {"image": first, "run": run, "later_records": records[1:]}
+    if as_json:
+        print(json.dumps(lineage))
+        return
+    table = Table(show_header=False, title=f"image {first['image_key']}")
+    rows = [
+        ("run", f"{first['run_id']} ({run['status'] if run else '?'}), campaign {first['campaign']}, use {first['use']}"),
+        ("sheet", f"{first['sheet']} row {first['sheet_row']}, asset {first['asset_id']} v{first['variant']}"),
+        ("prompt", first["prompt"]), ("negative prompt", first["negative_prompt"] or "-"),
+        ("text screen", f"{first['text_verdict']['decision']} by {first['text_verdict']['screen']}"),
+        ("model", f"{first['model_id']} rev {first['model_revision']} sha256 {first['model_sha256']}"),
+        ("model license", f"{first['model_license']['id']} (commercial use: {first['model_license']['commercial_use']})"),
+        ("LoRAs", ", ".join(f"{l['id']} x{l['scale']} ({l['license']['id']})" for l in first["loras"]) or "-"),
+        ("settings", f"{first['width']}x{first['height']}, {first['steps']} steps, guidance {first['guidance']}, "
+                     f"{first['scheduler']}, seed {first['seed']}, batch {first['batch_index'] + 1}/{first['batch_size']}"),
+        ("device, cost", f"{first['device']}, {first['generation_seconds']} s, {first['cost']} {first['currency']}"),
+        ("image screen", f"{first['image_verdict']['decision']} by {first['image_verdict']['screen']}: "
+                         + ("; ".join(first["reasons"]) or "nothing fired")),
+        ("stored", f"s3://{first['s3_bucket']}/{first['s3_key']} sha256 {first['image_sha256']}"),
+        ("decision", first["decision"]), ("audit record", f"#{first['seq']} hash {first['record_hash']}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    for later in records[1:]:
+        table.add_row(f"record #{later['seq']}", f"{later['decision']}: {'; '.join(later['reasons'])}")
+    out.print(table)
+
+
+@audit_app.command("reproduce")
+def audit_reproduce(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")],
+                    config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Regenerate an image from its audit record; exit 0 when byte-identical, 1 when not."""
+    from ldm_batch.campaign import Workers
+    from ldm_batch.reproduce import reproduce
+
+    settings = _settings(config)
+    record = _image_records(_audit_log(config), settings, image)[0]
+    result = reproduce(record, Workers.get(settings))
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        state = "[green]identical[/green]" if result.identical else "[red]DIFFERENT[/red]"
+        out.print(f"{result.image_key}: {state} (recorded {result.recorded_sha256}, now {result.reproduced_sha256})")
+        for note in result.notes:
+            out.print(f"  note: {note}", highlight=False)
+    raise typer.Exit(0 if result.identical else 1)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _defuse_formulas(frame):
+    """Text cells a spreadsheet would run as formulas get a leading apostrophe (OWASP CSV injection)."""
+    def defuse(value):
+        return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+    return frame.map(defuse)
+
+
 @audit_app.command("verify")
-def audit_verify(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def audit_verify(objects: Annotated[bool, typer.Option("--objects", help="Also check every stored "
+                                                        "object still has its recorded sha256")] = False,
+                 config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Check the audit log's hash chain: any edited, deleted or reordered record is reported."""
-    report = _audit_log(config).verify()
+    log = _audit_log(config)
+    report = log.verify()
+    if objects:
+        from ldm_batch.audit.log import verify_objects
+        from ldm_batch.storage import ObjectStore
+
+        with object_store(_settings(config)) as settings:
+            problems = verify_objects(log, ObjectStore(settings))
+        report = report.model_copy(update={"ok": report.ok and not problems, "problems": report.problems + problems})
     if as_json:
         print(report.model_dump_json())
     else:
@@ -310,6 +498,73 @@ def audit_verify(config: ConfigOption = None, as_json: JsonOption = False) -> No
         for problem in report.problems:
             out.print(f"  {problem}", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+# -- review ------------------------------------------------------------------------------
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (required; goes into the audit log)")]
+ReviewerOption = Annotated[str | None, typer.Option(help="Your name (default: $LDM_BATCH_REVIEWER or the login)")]
+
+
+@review_app.command("list")
+def review_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Quarantined images waiting for a decision."""
+    queue = _audit_log(config).review_queue()
+    if as_json:
+        for record in queue:
+            print(json.dumps({"image_key": record.image_key, "asset_id": record.asset_id, "campaign": record.campaign,
+                              "prompt": record.prompt, "reasons": record.reasons, "s3_key": record.s3_key}))
+        return
+    table = Table("image key", "campaign", "prompt", "why quarantined", title=f"{len(queue)} image(s) to review")
+    for record in queue:
+        table.add_row(record.image_key, record.campaign, record.prompt, "; ".join(record.reasons))
+    out.print(table)
+
+
+@review_app.command("show")
+def review_show(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")],
+                save: Annotated[Path | None, typer.Option("--out", help="Save the image to this file")] = None,
+                config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """An image's lineage, and optionally the image itself, for a reviewer."""
+    audit_explain(image, config=config, as_json=as_json)
+    if save is not None:
+        from ldm_batch.storage import ObjectStore
+
+        record = _image_records(_audit_log(config), _settings(config), image)[0]
+        with object_store(_settings(config)) as settings:
+            save.write_bytes(ObjectStore(settings).get(record["s3_key"]))
+        err.print(f"saved {save}")
+
+
+def _decide(image: str, approve: bool, reason: str, reviewer: str | None, config: Path | None, as_json: bool):
+    from ldm_batch.review import ReviewError, decide, reviewer_name
+    from ldm_batch.storage import ObjectStore
+
+    log = _audit_log(config)
+    key = _image_records(log, _settings(config), image)[0]["image_key"]
+    with object_store(_settings(config)) as settings:
+        try:
+            record = decide(log, ObjectStore(settings), key, approve, reason, reviewer_name(reviewer))
+        except ReviewError as exc:
+            fail(str(exc), 2, as_json)
+    if as_json:
+        print(json.dumps({"image_key": key, "decision": record.decision, "reviewer": record.reviewer,
+                          "s3_key": record.s3_key}))
+    else:
+        out.print(f"{key}: {record.decision} by {record.reviewer}" + (f", delivered to {record.s3_key}" if approve else ""))
+
+
+@review_app.command("approve")
+def review_approve(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")], reason: ReasonOption,
+                   reviewer: ReviewerOption = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Approve a quarantined image: recorded, then copied to the delivery prefix."""
+    _decide(image, True, reason, reviewer, config, as_json)
+
+
+@review_app.command("reject")
+def review_reject(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")], reason: ReasonOption,
+                  reviewer: ReviewerOption = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Reject a quarantined image: recorded; it stays in quarantine."""
+    _decide(image, False, reason, reviewer, config, as_json)
 
 
 # -- store -------------------------------------------------------------------------------

@@ -33,10 +33,6 @@ class Settings(BaseSettings):
     def audit_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'audit.db').resolve()}"
 
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
 
 def load_settings(config_file: Path | None = None, **overrides) -> Settings:
     """Settings from the environment; a YAML config file's keys take precedence."""

@@ -12,7 +12,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -65,10 +64,9 @@ def device_name(device: str) -> str:
 class ImageGenerator:
     """Holds loaded pipelines and adapters for one worker process."""
 
-    def __init__(self, policies: Policies, models_dir: Path, device: str):
+    def __init__(self, policies: Policies, device: str):
         quiet_libraries()
         self.policies = policies
-        self.models_dir = models_dir
         self.device = resolve_device(device)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.loads: Counter[str] = Counter()  # what was loaded from disk, for tests and reports
@@ -78,11 +76,12 @@ class ImageGenerator:
 
     def pipeline(self, model_id: str):
         if model_id not in self._pipelines:
-            from diffusers import StableDiffusionPipeline
+            from diffusers import AutoPipelineForText2Image
 
             entry = self.policies.models[model_id]
-            path, sha = verified_path(entry.source, entry.revision, entry.sha256, self.models_dir)
-            pipe = StableDiffusionPipeline.from_pretrained(
+            path, sha = verified_path(entry.source, entry.revision, entry.sha256)
+            # the checkpoint's model_index.json picks the pipeline class (SD 1.x/2.x, SDXL, ...)
+            pipe = AutoPipelineForText2Image.from_pretrained(
                 path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
                 requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
@@ -99,7 +98,7 @@ class ImageGenerator:
                 entry = entries[use.id]
                 if entry.base_model != model_id:
                     raise ValueError(f"LoRA {use.id!r} is trained for {entry.base_model!r}, not {model_id!r}")
-                path, sha = verified_path(entry.source, None, entry.sha256, self.models_dir)
+                path, sha = verified_path(entry.source, None, entry.sha256)
                 pipe.load_lora_weights(path, adapter_name=use.id)
                 loaded[use.id] = sha
                 self.loads[f"lora:{use.id}"] += 1

@@ -55,6 +55,11 @@ class Batch(BaseModel):
     settings: GenerationSettings
     jobs: list[ImageJob]
 
+    @property
+    def id(self) -> str:
+        """Content-derived: the same jobs in the same order make the same batch."""
+        return _digest({"keys": [job.key for job in self.jobs]})[:32]
+
 
 def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

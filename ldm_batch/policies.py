@@ -30,26 +30,55 @@ class SheetLimits(Strict):
 
 class TextCategory(Strict):
     action: Literal["block", "review"]
-    terms: list[str]
+    terms: list[str] = []
+    context_terms: list[str] = Field([], description="when set, `terms` count only together with one of "
+                                                     "these or with another category's rule hit")
+    threshold: float = Field(0.5, gt=0, le=1, description="classifier probability at which it fires")
+
+
+class TextClassifierSpec(Strict):
+    """embedding-head: `encoder` (catalog id) + `head` (file under policies/);
+    sequence-classification: `model` (catalog id) + `labels` (model label -> category)."""
+
+    kind: Literal["embedding-head", "sequence-classification"]
+    encoder: str | None = None
+    head: str | None = None
+    model: str | None = None
+    labels: dict[str, str] = {}
 
 
 class TextSafetyPolicy(Strict):
     screen_id: str
     allow_phrases: list[str] = []
     categories: dict[str, TextCategory]
+    classifier: TextClassifierSpec | None = None
 
 
 class ImageConcept(Strict):
     text: str
     category: str
     threshold: float = Field(gt=0, le=1)
-    action: Literal["block", "review"]
+    action: Literal["block", "review"] = "block"
+    keep_image: bool = Field(True, description="False: when it fires, store no image, only hash and scores")
+
+
+class NsfwSignal(Strict):
+    """open_nsfw as a second signal beside the CLIP concepts."""
+
+    model: str
+    threshold: float = Field(0.8, gt=0, le=1)
+    category: str = "sexual"
+    action: Literal["block", "review"] = "block"
+    combine: Literal["any-of", "review-on-disagreement"] = "any-of"
 
 
 class ImageSafetyPolicy(Strict):
     screen_model: str
     neutral_concepts: list[str] = Field(min_length=1)
     concepts: list[ImageConcept]
+    special_care: list[ImageConcept] = []
+    special_care_adjustment: float = Field(0.1, ge=0, lt=1)
+    nsfw: NsfwSignal | None = None
 
 
 class GenerationDefaults(Strict):
@@ -69,7 +98,7 @@ class ModelEntry(Strict):
     """A diffusion or CLIP checkpoint. `source` is a local path, a hub id, or builtin:NAME."""
 
     id: str
-    kind: Literal["diffusion", "clip"] = "diffusion"
+    kind: Literal["diffusion", "clip", "text", "nsfw"] = "diffusion"
     source: str
     revision: str | None = None
     sha256: str | None = Field(None, description="digest of the safetensors files (see catalog.weights_sha256)")
@@ -89,6 +118,8 @@ class LoraEntry(Strict):
 class Brand(Strict):
     id: str
     loras: list[LoraEntry] = []
+    text_rules: dict[str, TextCategory] = Field({}, description="extra text-safety categories for this "
+                                                                 "brand's prompts, e.g. its competitors")
 
 
 class CostRates(Strict):
@@ -155,7 +186,11 @@ def load_policies(directory: Path) -> Policies:
         brands=brands,
         costs=_parse(CostRates, directory / "costs.yaml", _load_yaml(directory / "costs.yaml")),
     )
-    for name in (policies.default_model, policies.image_safety.screen_model):
+    classifier = policies.text_safety.classifier
+    named = [policies.default_model, policies.image_safety.screen_model]
+    named += [classifier.encoder or classifier.model] if classifier else []
+    named += [policies.image_safety.nsfw.model] if policies.image_safety.nsfw else []
+    for name in named:
         if name not in models:
             raise PolicyError(f"{directory}: model {name!r} is named by policy but not in models.yaml")
     return policies

@@ -175,7 +175,7 @@ def _parse_row(index: int, cells: dict[str, str], policies: Policies, sheet_name
         "asset_id": cell("asset_id", _safe_name("asset_id")),
         "negative_prompt": cells.get("negative_prompt", ""),
         "brand": cell("brand", _one_of("brand", policies.brands)),
-        "model": cell("model", _one_of("model", policies.models)),
+        "model": cell("model", _one_of("model", {k: m for k, m in policies.models.items() if m.kind == "diffusion"})),
         "variants": cell("variants", _integer(1, limits.max_variants)),
         "seed": cell("seed", _integer(0, MAX_SEED)),
         "width": cell("width", size),

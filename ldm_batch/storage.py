@@ -75,6 +75,15 @@ class ObjectStore:
             version = existing.get("VersionId")
         return StoredImage(bucket=self.bucket, key=key, version_id=version, sha256=sha, size=len(data))
 
+    def copy_image(self, image_key: str, source: Placement, target: Placement, sha256: str) -> StoredImage:
+        """Copy an image between placements, checking it still holds the audited content."""
+        source_key = self.object_key(source, image_key)
+        data = self.get(source_key)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StorageError(f"s3://{self.bucket}/{source_key} does not hold the audited content")
+        metadata = (self.head(source_key) or {}).get("Metadata", {})
+        return self.put_image(target, image_key, data, {"run-id": metadata.get("run-id", "")})
+
     def head(self, key: str) -> dict | None:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)

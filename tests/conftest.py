@@ -1,7 +1,7 @@
 """Shared test fixtures: a real SeaweedFS, a real PostgreSQL database, Prefect's test harness.
 
-Models are built once per session into a shared home; every test gets its own bucket and
-its own audit database, so tests never see each other's images or records.
+Every test gets its own bucket and its own audit database, so tests never see each
+other's images or records.
 """
 
 from __future__ import annotations
@@ -43,11 +43,6 @@ def _free(port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def session_home() -> Path:
-    return SESSION_HOME
-
-
-@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server with enforced credentials, for the whole session."""
     from ldm_batch.embedded_s3 import embedded_s3
@@ -66,7 +61,7 @@ def prefect_harness():
 
 @pytest.fixture
 def settings(s3_server, tmp_path, monkeypatch):
-    """Settings for one test: shared models, a fresh bucket and a fresh SQLite audit log."""
+    """Settings for one test: a fresh bucket and a fresh SQLite audit log."""
     from ldm_batch.config import Settings
 
     env = {

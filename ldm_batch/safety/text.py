@@ -1,23 +1,30 @@
-"""Text safety screen, first version: policy word and phrase rules.
+"""Text safety screen: policy rules plus a transformers classifier.
 
-Prompts are normalised (Unicode NFKC, case, punctuation) into words, allow-listed phrases
-are taken out, and each category's terms are matched as whole word sequences, so
-"killer deal" does not trip "killer" and "painkiller" never matches "killer".
-The verdict carries per-category scores so a classifier can add its own later.
+Rules: prompts are normalised (Unicode NFKC, case, leetspeak such as "nud3", spacing
+tricks such as "n u d e") into words; allow-listed phrases ("killer deal", "bloody mary")
+are taken out; each category's terms then match as whole word sequences, so "killer" never
+matches "painkiller".
+Classifier: per-category probabilities for the prompt with the allow-listed phrases taken
+out (ldm_batch.safety.text_classifier); at or above the category's threshold it fires.
+A category fires when either fires; the decision is the strictest action that fired.
+Fail closed: when the classifier is unavailable or errors, every prompt is blocked with
+that reason.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
-from ldm_batch.policies import TextSafetyPolicy
+from ldm_batch.policies import Policies, TextSafetyPolicy
 
 Decision = Literal["allow", "review", "block"]
-WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
+WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*|[@$]")
+LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
 
 class PromptVerdict(BaseModel):
@@ -30,34 +37,107 @@ class PromptVerdict(BaseModel):
 
 
 def words(text: str) -> list[str]:
-    return WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    """Normalised words: NFKC, case-folded, leetspeak undone, spaced-out letters joined."""
+    tokens = WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    tokens = [t.translate(LEET) if any(c.isalpha() for c in t) or t in "@$" else t for t in tokens]
+    joined: list[str] = []
+    run: list[str] = []
+    for token in tokens + [""]:
+        if len(token) == 1 and token.isalpha():
+            run.append(token)
+            continue
+        if len(run) > 3 and run[0] in ("a", "i"):  # "a n u d e": the article stays a word
+            joined.append(run.pop(0))
+        joined.extend(["".join(run)] if len(run) >= 3 else run)
+        run = []
+        if token:
+            joined.append(token)
+    return joined
 
 
-def _find(haystack: list[str], phrase: list[str]) -> list[int]:
+def _find(haystack: list[str | None], phrase: list[str]) -> list[int]:
     n = len(phrase)
     return [i for i in range(len(haystack) - n + 1) if haystack[i : i + n] == phrase]
 
 
-def screen_prompt(prompt: str, policy: TextSafetyPolicy) -> PromptVerdict:
+def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy) -> list[str | None]:
+    """The prompt's words with allow-listed phrases masked (None), so nothing matches them."""
     tokens: list[str | None] = list(words(prompt))
     for phrase in policy.allow_phrases:
         target = words(phrase)
         for start in _find(tokens, target):
-            tokens[start : start + len(target)] = [None] * len(target)  # masked, cannot match
-    scores: dict[str, float] = {}
-    reasons: list[str] = []
-    fired: list[str] = []
+            tokens[start : start + len(target)] = [None] * len(target)
+    return tokens
+
+
+def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy) -> dict[str, list[str]]:
+    """Matched terms per category. A category with context terms (e.g. minors: a word for a
+    child) fires only beside one of them or beside another category's hit."""
+
+    def matched(terms: list[str]) -> list[str]:
+        return [term for term in terms if _find(tokens, words(term))]
+
+    hits = {name: found for name, c in policy.categories.items() if not c.context_terms and (found := matched(c.terms))}
     for name, category in policy.categories.items():
-        hits = [term for term in category.terms if _find(tokens, words(term))]
-        scores[name] = 1.0 if hits else 0.0
-        if hits:
-            fired.append(name)
-            reasons.append(f"{name} ({category.action}): matched {', '.join(repr(h) for h in hits)}")
-    actions = {policy.categories[name].action for name in fired}
-    decision: Decision = "block" if "block" in actions else "review" if actions else "allow"
-    return PromptVerdict(prompt=prompt, decision=decision, categories=fired, reasons=reasons,
-                         scores=scores, screen=policy.screen_id)
+        if category.context_terms and (found := matched(category.terms)):
+            context = matched(category.context_terms) + [term for other in hits.values() for term in other]
+            if context:
+                hits[name] = found + [f"in context of {', '.join(context)}"]
+    return hits
 
 
-def screen_prompts(prompts: list[str], policy: TextSafetyPolicy) -> list[PromptVerdict]:
-    return [screen_prompt(p, policy) for p in prompts]
+class TextScreen:
+    """Rules and, when the policy names one, a classifier; loaded once, used per batch."""
+
+    def __init__(self, policies: Policies, policies_dir: Path):
+        from ldm_batch.safety.text_classifier import ClassifierUnavailable, load_classifier
+
+        self.policy = policies.text_safety
+        # a brand's own rules (e.g. its competitors) apply to that brand's prompts only
+        self.brand_policies = {
+            brand.id: self.policy.model_copy(update={"categories": {**self.policy.categories, **brand.text_rules}})
+            for brand in policies.brands.values() if brand.text_rules}
+        self.classifier = None
+        self.unavailable: str | None = None
+        if self.policy.classifier is not None:
+            try:
+                self.classifier = load_classifier(policies, policies_dir)
+            except ClassifierUnavailable as exc:
+                self.unavailable = str(exc)
+        self.id = self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
+
+    def screen(self, prompts: list[str], brands: list[str | None] | None = None) -> list[PromptVerdict]:
+        """Verdicts in prompt order; `brands[i]` adds that brand's rules to prompt i."""
+        rules = [self.brand_policies.get(b, self.policy) for b in (brands or [None] * len(prompts))]
+        masked = [without_allowed_phrases(p, self.policy) for p in prompts]
+        failure = self.unavailable
+        classifier_scores: list[dict[str, float]] = [{} for _ in prompts]
+        if self.classifier is not None and prompts:
+            try:
+                classifier_scores = self.classifier.scores([" ".join(w for w in m if w) for m in masked])
+            except Exception as exc:  # any classifier fault: fail closed, say why
+                failure = f"text classifier failed: {type(exc).__name__}: {exc}"
+        return [self._verdict(p, m, s, r, failure) for p, m, s, r in zip(prompts, masked, classifier_scores, rules)]
+
+    def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float],
+                 policy: TextSafetyPolicy, failure: str | None) -> PromptVerdict:
+        if failure:
+            return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
+                                 reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
+        hits = rule_hits(masked, policy)
+        fired, reasons, scores = [], [], {}
+        for name, category in policy.categories.items():
+            probability = classified.get(name, 0.0)
+            scores[name] = 1.0 if name in hits else probability
+            why = []
+            if name in hits:
+                why.append(f"matched {', '.join(repr(h) for h in hits[name])}")
+            if probability >= category.threshold:
+                why.append(f"classifier {probability:.2f} >= {category.threshold}")
+            if why:
+                fired.append(name)
+                reasons.append(f"{name} ({category.action}): {'; '.join(why)}")
+        actions = {policy.categories[name].action for name in fired}
+        decision: Decision = "block" if "block" in actions else "review" if actions else "allow"
+        return PromptVerdict(prompt=prompt, decision=decision, categories=fired, reasons=reasons,
+                             scores=scores, screen=self.id)

@@ -1,0 +1,50 @@
+"""Text screen throughput: prompts per second, rules alone and rules + classifier.
+
+    .venv/bin/python bench/text_screen.py [--repeats 3]
+
+Runs the labelled prompt set through `TextScreen.screen` in batches of 1 and 64 and prints
+one JSON object. Figures are from one run on one machine; compare ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pandas as pd
+import torch
+
+from ldm_batch.config import REPO_POLICIES
+from ldm_batch.policies import load_policies
+from ldm_batch.safety.text import TextScreen
+
+
+def throughput(screen: TextScreen, prompts: list[str], batch: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(0, len(prompts), batch):
+            screen.screen(prompts[i : i + batch])
+        best = min(best, time.perf_counter() - started)
+    return round(len(prompts) / best, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    policies = load_policies(REPO_POLICIES)
+    prompts = pd.read_csv(REPO_POLICIES / "text_safety_labelled.csv")["prompt"].tolist()
+    with_classifier = TextScreen(policies, REPO_POLICIES)
+    rules_only = TextScreen(policies.model_copy(update={"text_safety": policies.text_safety.model_copy(
+        update={"classifier": None})}), REPO_POLICIES)
+    result = {"prompts": len(prompts), "torch_threads": torch.get_num_threads()}
+    for name, screen in (("rules", rules_only), ("rules+classifier", with_classifier)):
+        for batch in (1, 64):
+            result[f"{name} batch {batch} prompts/s"] = throughput(screen, prompts, batch, args.repeats)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Reproduce an audited image from the audit log alone and say whether it is byte-identical.
+
+Images reproduce exactly only at a fixed batch composition (one generator per image, but
+one batched pipeline call), so the whole batch is rebuilt from its records, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import BaseModel
+
+from ldm_batch.campaign import Workers, encode
+from ldm_batch.plan import Batch, GenerationSettings, ImageJob, LoraUse
+
+
+class Reproduction(BaseModel):
+    image_key: str
+    identical: bool
+    recorded_sha256: str
+    reproduced_sha256: str
+    batch_size: int
+    notes: list[str]
+
+
+def job_from_record(record: dict) -> ImageJob:
+    settings = GenerationSettings(
+        model=record["model_id"], loras=tuple(LoraUse(id=l["id"], scale=l["scale"]) for l in record["loras"]),
+        width=record["width"], height=record["height"], steps=record["steps"], guidance=record["guidance"])
+    return ImageJob(row=record["sheet_row"], asset_id=record["asset_id"], variant=record["variant"],
+                    campaign=record["campaign"], brand=record["brand"], prompt=record["prompt"],
+                    negative_prompt=record["negative_prompt"], settings=settings, seed=record["seed"],
+                    key=record["image_key"])
+
+
+def reproduce(record: dict, workers: Workers) -> Reproduction:
+    members: dict[str, dict] = {}
+    for member in workers.audit.query(batch_id=record["batch_id"], kind="image"):
+        members.setdefault(member["image_key"], member)
+    ordered = sorted(members.values(), key=lambda r: r["batch_index"])
+    notes = []
+    if len(ordered) != record["batch_size"]:
+        notes.append(f"the log holds {len(ordered)} of the batch's {record['batch_size']} images; "
+                     "bytes may differ")
+    entry = workers.policies.models[record["model_id"]]
+    if entry.sha256 and entry.sha256 != record["model_sha256"]:
+        notes.append("the catalog's weights for this model have changed since the image was made")
+    batch = Batch(settings=job_from_record(record).settings, jobs=[job_from_record(r) for r in ordered])
+    generated = {g.job.key: g for g in workers.generator.generate(batch)}[record["image_key"]]
+    digest = hashlib.sha256(encode(generated)).hexdigest()
+    return Reproduction(image_key=record["image_key"], identical=digest == record["image_sha256"],
+                        recorded_sha256=record["image_sha256"], reproduced_sha256=digest,
+                        batch_size=len(ordered), notes=notes)

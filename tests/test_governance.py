@@ -1,0 +1,132 @@
+"""Governance: licenses checked before generation, lineage and reproduction from the audit
+log, provenance in every delivered PNG, safe exports, migrations both ways."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import REPO
+from ldm_batch.audit import AuditLog
+from ldm_batch.cli import app
+from ldm_batch.storage import ObjectStore
+
+SMALL = str(REPO / "examples" / "campaign_small.csv")
+
+
+@pytest.fixture
+def campaign_run(prefect_harness, settings):
+    from flows.campaign_batch import campaign_batch
+
+    return campaign_batch(sheet=SMALL, campaign="gov")
+
+
+def test_non_commercial_model_is_refused_for_a_commercial_campaign(prefect_harness, settings, tmp_path):
+    sheet = tmp_path / "turbo.csv"
+    sheet.write_text("asset_id,prompt,model\nfast-1,a red circle,sd-turbo\nok-1,a blue square,\n")
+    result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "turbo", "--json"])
+    assert result.exit_code == 2, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [(e["row"], e["column"]) for e in report["errors"]] == [(1, "model")]
+    assert "does not allow commercial use" in report["errors"][0]["message"]
+    records = AuditLog(settings.audit_url).query(campaign="turbo")
+    assert [(r["asset_id"], r["decision"], r["use"]) for r in records] == [("fast-1", "blocked", "commercial")]
+    assert "Non-Commercial" in records[0]["reasons"][0]
+    assert ObjectStore(settings).keys() == []  # refused before any generation
+
+
+def test_every_delivered_png_carries_its_provenance(campaign_run, settings):
+    store = ObjectStore(settings)
+    for record in AuditLog(settings.audit_url).query(run_id=campaign_run["run_id"], kind="image"):
+        image = Image.open(io.BytesIO(store.get(record["s3_key"])))
+        parameters = json.loads(image.info["parameters"])
+        assert (parameters["prompt"], parameters["seed"]) == (record["prompt"], record["seed"])
+        assert parameters["model_sha256"] == record["model_sha256"]
+        assert "trainedAlgorithmicMedia" in image.info["XML:com.adobe.xmp"]
+
+
+def test_reproduce_from_the_audit_log_is_byte_identical(campaign_run, settings):
+    record = AuditLog(settings.audit_url).query(asset_id="spring-01")[1]  # second variant
+    assert record["batch_size"] == 2  # it reproduces only beside its batch mate, the first variant
+    result = CliRunner().invoke(app, ["audit", "reproduce", record["image_sha256"], "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["identical"] and report["reproduced_sha256"] == record["image_sha256"]
+
+
+def test_explain_gives_one_images_lineage(campaign_run, settings):
+    record = AuditLog(settings.audit_url).query(asset_id="spring-03")[0]
+    result = CliRunner().invoke(app, ["audit", "explain", record["s3_key"], "--json"])
+    assert result.exit_code == 0, result.output
+    lineage = json.loads(result.stdout)
+    assert lineage["image"]["image_sha256"] == record["image_sha256"]
+    assert lineage["run"]["run_id"] == campaign_run["run_id"] and lineage["run"]["status"] == "finished"
+    assert [lora["license"]["id"] for lora in lineage["image"]["loras"]] == ["Apache-2.0"]
+    unknown = CliRunner().invoke(app, ["audit", "explain", "no-such-image"])
+    assert unknown.exit_code == 2
+
+
+def test_query_filters_by_brand_text_and_license(campaign_run, settings):
+    def query(*args):
+        result = CliRunner().invoke(app, ["audit", "query", "--format", "json", *args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["asset_id"] for line in result.stdout.splitlines()]
+
+    assert sorted(query("--brand", "globex")) == ["spring-03"]
+    assert sorted(query("--text", "YELLOW STAR")) == ["spring-05"]
+    assert len(query("--license", "Apache-2.0", "--kind", "image")) == 5
+    assert query("--license", "CreativeML-OpenRAIL-M") == []
+
+
+def test_csv_export_defuses_spreadsheet_formulas(settings, tmp_path):
+    from ldm_batch.audit.log import AuditRecord, now
+
+    # a refused row keeps its prompt as written, formula and all
+
+    log = AuditLog(settings.audit_url)
+    log.migrate()
+    log.append([AuditRecord(kind="row", run_id="r", campaign="c", sheet="formula.csv", sheet_row=1,
+                            asset_id="f-1", decision="blocked", prompt='=HYPERLINK("http://x","corpse")',
+                            text_verdict={}, created_at=now().isoformat())])
+    out = tmp_path / "audit.csv"
+    result = CliRunner().invoke(app, ["audit", "query", "--format", "csv", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "'=HYPERLINK" in text and ",=HYPERLINK" not in text
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_migrations_upgrade_and_downgrade(backend, tmp_path, request):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    log = AuditLog(url)
+    config = Config()
+    config.set_main_option("script_location", str(REPO / "ldm_batch" / "audit" / "migrations"))
+    with log.engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        assert "batch_id" not in {c["name"] for c in inspect(connection).get_columns("audit_records")}
+        command.upgrade(config, "head")
+        assert "batch_id" in {c["name"] for c in inspect(connection).get_columns("audit_records")}
+        command.downgrade(config, "base")
+        assert "audit_records" not in inspect(connection).get_table_names()
+        connection.commit()
+    log.engine.dispose()
+
+
+def test_verify_objects_finds_a_changed_object(campaign_run, settings):
+    assert CliRunner().invoke(app, ["audit", "verify", "--objects"]).exit_code == 0
+    store = ObjectStore(settings)
+    key = AuditLog(settings.audit_url).query(asset_id="spring-05")[0]["s3_key"]
+    store.client.delete_object(Bucket=store.bucket, Key=key)
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=b"not the audited image")
+    result = CliRunner().invoke(app, ["audit", "verify", "--objects", "--json"])
+    assert result.exit_code == 1
+    assert any("does not match its sha256" in p for p in json.loads(result.stdout)["problems"])

@@ -1,0 +1,97 @@
+"""Image screen: concept thresholds, special care, the open_nsfw second signal, the
+do-not-store policy, and the eval command on labelled folders."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import REPO
+from ldm_batch.audit import AuditLog
+from ldm_batch.cli import app
+from ldm_batch.demo_kit.world import Scene, all_scenes, draw
+from ldm_batch.policies import load_policies
+from ldm_batch.safety.image import ImageScreen
+from ldm_batch.storage import ObjectStore
+
+EMBLEM = Scene("red", "cross", "white")
+
+
+def edited_policies(tmp_path, edit) -> tuple:
+    """A copy of the repository's policies with image_safety.yaml changed by `edit(dict)`."""
+    target = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", target)
+    path = target / "image_safety.yaml"
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    return target, load_policies(target)
+
+
+@pytest.fixture(scope="module")
+def emblems():
+    rng = random.Random(1)
+    return [draw(EMBLEM, rng) for _ in range(4)]
+
+
+def test_eval_image_safety_on_labelled_folders(tmp_path):
+    rng = random.Random(2)
+    others = rng.sample([s for s in all_scenes() if s != EMBLEM], 30)
+    for label, scenes in (("protected_emblem", [EMBLEM] * 10), ("safe", others)):
+        (tmp_path / label).mkdir()
+        for i, scene in enumerate(scenes):
+            draw(scene, rng).save(tmp_path / label / f"{i}.png")
+    result = CliRunner().invoke(app, ["eval", "image-safety", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    emblem = json.loads(result.stdout)["concepts"]["a red cross on a white background"]
+    assert (emblem["positives"], emblem["negatives"]) == (10, 30)
+    assert emblem["recall"] >= 0.9 and emblem["false_positive_rate"] <= 0.1
+    assert 0 < emblem["suggested_threshold"] <= 1
+
+
+def test_special_care_concepts_tighten_the_others(tmp_path, emblems, policies):
+    score = ImageScreen(policies).scores(emblems[:1])[0]["a red cross on a white background"]
+
+    def edit(data):  # emblem concept just out of reach; a special-care concept that fires
+        data["concepts"][0]["threshold"] = min(score + 0.05, 1.0)
+        data["special_care"] = [{"text": "a red cross on a white background", "category": "care",
+                                 "threshold": max(score - 0.05, 0.01)}]
+        data["special_care_adjustment"] = 0.1
+
+    _, tightened = edited_policies(tmp_path, edit)
+    plain = edited_policies(tmp_path / "plain", lambda d: d["concepts"][0].update(threshold=min(score + 0.05, 1.0)))[1]
+    assert ImageScreen(plain).screen_images(emblems[:1])[0].decision == "allow"
+    verdict = ImageScreen(tightened).screen_images(emblems[:1])[0]
+    assert verdict.decision == "block" and verdict.reasons[0].startswith("special care")
+
+
+@pytest.mark.parametrize("combine, decision", [("any-of", "block"), ("review-on-disagreement", "review")])
+def test_open_nsfw_second_signal_combines_by_policy(tmp_path, combine, decision):
+    calm = draw(Scene("blue", "circle", "yellow"))
+
+    def edit(data):  # a threshold so low that open_nsfw fires while the CLIP concepts do not
+        data["nsfw"] = {"model": "open-nsfw", "threshold": 1e-6, "combine": combine}
+
+    _, policies = edited_policies(tmp_path, edit)
+    verdict = ImageScreen(policies).screen_images([calm])[0]
+    assert 0 <= verdict.scores["open_nsfw"] < 0.5  # the real model: a blue circle is safe
+    assert verdict.decision == decision and "open-nsfw" in verdict.screen
+
+
+def test_do_not_store_policy_keeps_only_hash_and_scores(prefect_harness, settings, tmp_path, monkeypatch):
+    from flows.campaign_batch import campaign_batch
+
+    policies_dir, _ = edited_policies(tmp_path, lambda d: d["concepts"][0].update(keep_image=False))
+    monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies_dir))
+    sheet = tmp_path / "emblem.csv"
+    sheet.write_text("asset_id,prompt,seed\naid-1,white background with a red plus sign,3\n")
+    summary = campaign_batch(sheet=str(sheet), campaign="nostore")
+    (record,) = AuditLog(settings.audit_url).query(kind="image")
+    assert record["decision"] == "blocked" and record["s3_key"] is None
+    assert len(record["image_sha256"]) == 64 and record["image_verdict"]["scores"]
+    assert ObjectStore(settings).keys() == [] and summary["images_blocked"] == 1
