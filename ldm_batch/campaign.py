@@ -129,8 +129,8 @@ def is_complete(record: AuditRecord | None, workers: Workers) -> bool:
 def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, PromptVerdict],
                   rows: dict[int, PromptRow], workers: Workers,
                   on_image: Callable[[int], None] | None = None) -> BatchOutcome:
-    # on_image(n): n more images of the run are done (for progress bars)
-    """Generate, screen, encode, audit and store one batch of images.
+    """Generate, screen, encode, audit and store one batch of images; `on_image(n)` hears
+    that n more images are done (for progress bars).
 
     The whole batch is generated even when some of its images are stored already: images
     are reproducible only at a fixed batch composition, and a lost object must be put back
