@@ -7,10 +7,15 @@ and checks their sha256 against the catalog before anything loads them.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 DEMO_KIT = Path(__file__).parent / "demo_kit" / "weights"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # can run code when loaded
+# Building models is not thread-safe: diffusers/accelerate create modules on the "meta"
+# device by patching torch process-wide while loading, so a model built in another thread
+# at that moment gets meta tensors. Every model construction in the package holds this.
+LOADING = threading.RLock()
 
 
 class CatalogError(Exception):

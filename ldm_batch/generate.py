@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ldm_batch.catalog import verified_path
+from ldm_batch.catalog import LOADING, verified_path
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies
 
@@ -81,9 +81,10 @@ class ImageGenerator:
             entry = self.policies.models[model_id]
             path, sha = verified_path(entry.source, entry.revision, entry.sha256)
             # the checkpoint's model_index.json picks the pipeline class (SD 1.x/2.x, SDXL, ...)
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
-                requires_safety_checker=False)
+            with LOADING:
+                pipe = AutoPipelineForText2Image.from_pretrained(
+                    path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
+                    requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[model_id] = (pipe.to(self.device), sha)
             self._adapters[model_id] = {}
@@ -99,7 +100,8 @@ class ImageGenerator:
                 if entry.base_model != model_id:
                     raise ValueError(f"LoRA {use.id!r} is trained for {entry.base_model!r}, not {model_id!r}")
                 path, sha = verified_path(entry.source, None, entry.sha256)
-                pipe.load_lora_weights(path, adapter_name=use.id)
+                with LOADING:
+                    pipe.load_lora_weights(path, adapter_name=use.id)
                 loaded[use.id] = sha
                 self.loads[f"lora:{use.id}"] += 1
         if batch.settings.loras:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel
 
-from ldm_batch.catalog import verified_path
+from ldm_batch.catalog import LOADING, verified_path
 from ldm_batch.policies import ImageConcept, ImageSafetyPolicy, Policies
 from ldm_batch.safety.text import Decision
 
@@ -41,7 +41,8 @@ class ImageScreen:
         path, sha = verified_path(entry.source, entry.revision, entry.sha256)
         self.screen = f"{entry.id}@{entry.revision or sha[:12]}"
         self.device = device
-        model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device=device)
+        with LOADING:
+            model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device=device)
         self.model = model.eval()
         tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
         self.concepts = list(self.policy.concepts) + list(self.policy.special_care)

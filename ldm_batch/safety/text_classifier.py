@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors import safe_open
 
-from ldm_batch.catalog import CatalogError, verified_path
+from ldm_batch.catalog import LOADING, CatalogError, verified_path
 from ldm_batch.policies import Policies
 
 
@@ -44,8 +44,9 @@ class Encoder:
         entry = policies.models[model_id]
         path, self.sha256 = verified_path(entry.source, entry.revision, entry.sha256)
         self.id = f"{entry.id}@{self.sha256[:12]}"
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
+        with LOADING:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
         return mean_pooled(self.model, self.tokenizer, prompts)
@@ -82,8 +83,9 @@ class SequenceClassifier:
         entry = policies.models[spec.model]
         path, sha = verified_path(entry.source, entry.revision, entry.sha256)
         self.id = f"{entry.id}@{sha[:12]}"
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).eval()
+        with LOADING:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).eval()
         self.labels = spec.labels
 
     def scores(self, prompts: list[str]) -> list[dict[str, float]]:
