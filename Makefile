@@ -23,6 +23,7 @@ demo: install
 	@echo "Audit log (SQLite):              $(HOME_DIR)/audit.db"
 	@echo "Query it:   $(BIN)/ldm-batch audit query --campaign demo [--format json|csv|parquet --out FILE]"
 	@echo "Verify it:  $(BIN)/ldm-batch audit verify"
+	@echo "Review:     LDM_BATCH_HOME=$(HOME_DIR) $(BIN)/ldm-batch review list   (quarantined images)"
 
 test: install
 	$(BIN)/python -m pytest -q
