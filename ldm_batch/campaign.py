@@ -29,7 +29,7 @@ from ldm_batch.policies import Policies, load_policies
 from ldm_batch.provenance import encode_png
 from ldm_batch.safety.image import ImageScreen, ImageVerdict
 from ldm_batch.safety.text import PromptVerdict, TextScreen
-from ldm_batch.sheets import PromptRow, Sheet
+from ldm_batch.sheets import PromptRow
 from ldm_batch.storage import ObjectStore
 
 SOFTWARE = ("ldm-batch", "torch", "diffusers", "transformers", "open_clip_torch", "peft")
@@ -160,7 +160,7 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
         record = AuditRecord(
             kind="image", run_id=run.run_id, campaign=job.campaign, use=run.use, sheet=run.sheet, sheet_row=job.row,
             asset_id=job.asset_id,
-            decision={"delivery": "delivered", "quarantine": "quarantined", None: "blocked"}[placement],
+            decision=DECISION_OF_PLACEMENT[placement],
             reasons=verdict.reasons, prompt=job.prompt, negative_prompt=job.negative_prompt,
             text_verdict=text_verdicts[job.row].model_dump(), brand=job.brand,
             model_id=model.id, model_revision=model.revision, model_sha256=image.model_sha256,
@@ -214,6 +214,10 @@ def encode(image: GeneratedImage) -> bytes:
 
 def placement_of(record: AuditRecord) -> str:
     return "delivery" if record.decision == "delivered" else "quarantine"
+
+
+# Where an image is put, and the decision its record states; None: not stored at all.
+DECISION_OF_PLACEMENT = {"delivery": "delivered", "quarantine": "quarantined", None: "blocked"}
 
 
 def _sha256(data: bytes) -> str:

@@ -88,8 +88,6 @@ def postgres_url():
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin.url.set(database=name).render_as_string(hide_password=False)
     yield url
-    from ldm_batch.audit.log import AuditLog  # noqa: F401 - engines are disposed with the process
-
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REPO
 from ldm_batch.audit import AuditLog
 from ldm_batch.demo_kit.judge import judge
 from ldm_batch.demo_kit.train import BRAND_PALETTES
