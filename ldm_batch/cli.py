@@ -80,7 +80,7 @@ def object_store(settings: Settings) -> Iterator[Settings]:
         return
     from ldm_batch.embedded_s3 import embedded_s3
 
-    with embedded_s3(settings.home, settings.embedded_s3_port) as server:
+    with embedded_s3(settings.home, settings.embedded_s3_port, settings.delivery_prefix) as server:
         variables = {"LDM_BATCH_S3_ENDPOINT_URL": server.endpoint_url,
                      "LDM_BATCH_S3_ACCESS_KEY_ID": server.access_key_id,
                      "LDM_BATCH_S3_SECRET_ACCESS_KEY": server.secret_access_key}

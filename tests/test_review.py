@@ -66,6 +66,28 @@ def test_rejected_image_stays_out_of_delivery(quarantined, settings):
     assert again.exit_code == 2  # decided already: not in the queue
 
 
+def test_delivery_consumers_cannot_list_or_read_quarantine(quarantined, settings, s3_server):
+    """The delivery-reader identity (what a delivery consumer gets) sees delivered images only."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    reader = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id=s3_server.reader_access_key_id,
+                          aws_secret_access_key=s3_server.reader_secret_access_key)
+    bucket = settings.s3_bucket
+    listed = reader.list_objects_v2(Bucket=bucket, Prefix="delivery/")
+    (delivered,) = [o["Key"] for o in listed["Contents"]]
+    assert delivered.startswith("delivery/review/calm-1/")
+    assert reader.get_object(Bucket=bucket, Key=delivered)["Body"].read()[:4] == b"\x89PNG"
+    for attempt in (lambda: reader.list_objects_v2(Bucket=bucket, Prefix="quarantine/"),
+                    lambda: reader.list_objects_v2(Bucket=bucket),
+                    lambda: reader.get_object(Bucket=bucket, Key=quarantined.s3_key),
+                    lambda: reader.put_object(Bucket=bucket, Key="delivery/review/forged.png", Body=b"x")):
+        with pytest.raises(ClientError) as denied:
+            attempt()
+        assert denied.value.response["Error"]["Code"] == "AccessDenied"
+
+
 def test_a_decision_needs_a_reason(quarantined):
     assert cli("review", "approve", quarantined.image_key, "--reason", "  ").exit_code == 2
     assert cli("review", "approve", quarantined.image_key).exit_code == 2
