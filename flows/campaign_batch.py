@@ -16,7 +16,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ldm_batch import progress
-from ldm_batch.campaign import BatchOutcome, RunContext, Workers, is_stored, process_batch, row_record
+from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, is_stored, process_batch, row_record,
+                                upload_spooled)
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.licenses import LicenseRefused, Use, license_problems
 from ldm_batch.plan import Batch, group_batches, plan_row
@@ -64,6 +65,7 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
     workers = Workers.get(settings)
     workers.audit.migrate()
     workers.store.ensure_bucket()
+    upload_spooled(workers)  # images an earlier run audited but could not store
 
     parsed = load_sheet(sheet, settings)
     verdicts = screen_text(parsed, settings)
@@ -78,6 +80,10 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
         allowed = [row for row, v in zip(parsed.rows, verdicts) if v.decision == "allow"]
         jobs = [job for row in allowed for job in plan_row(row, run.campaign, workers.policies)]
         refuse_unlicensed(jobs, parsed, verdicts, run, workers)
+        unmarkable = {job.row: problem for job in jobs
+                      if (problem := workers.marker.size_problem(job.settings.width, job.settings.height))}
+        if unmarkable:
+            raise ValueError("; ".join(f"row {row}: {problem}" for row, problem in unmarkable.items()))
         batches = [batch for batch in group_batches(jobs, settings.batch_size)
                    if not all(is_stored(job, workers) for job in batch.jobs)]
         progress.report("planned", sum(len(batch.jobs) for batch in batches))

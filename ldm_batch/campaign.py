@@ -4,10 +4,12 @@ The Prefect flow (flows/campaign_batch.py) calls these functions and adds retrie
 fan-out and reporting. Per worker process, `Workers.get(settings)` keeps one of each
 heavy part (pipelines, CLIP screen, S3 client, database engine).
 
-Order of writes for an image: its audit record is committed first, then the object is
-put. A crash in between leaves a record whose object is missing, which the next run of
-the same sheet repairs (same key, same bytes); it can never leave a delivered image
-that has no audit record.
+Order of writes for an image: the encoded PNG goes to the local spool, its audit record
+is committed, then the object is put and the spooled copy removed. A failure in between
+(S3 down, worker killed) leaves a record whose object is missing and the exact bytes in the
+spool; `upload_spooled` (run at the start of every flow run and by `ldm-batch resume`)
+puts them without generating again. It can never leave a delivered image that has no
+audit record.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from ldm_batch.cost import image_cost
 from ldm_batch.generate import GeneratedImage, ImageGenerator, resolve_device
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies, load_policies
-from ldm_batch.provenance import encode_png
+from ldm_batch.provenance import Marker, pixels_sha256
 from ldm_batch.safety.image import ImageScreen, ImageVerdict
 from ldm_batch.safety.text import PromptVerdict, TextScreen
 from ldm_batch.sheets import PromptRow
+from ldm_batch.spool import Spool
 from ldm_batch.storage import ObjectStore
 
 SOFTWARE = ("ldm-batch", "torch", "diffusers", "transformers", "open_clip_torch", "peft")
@@ -64,6 +67,8 @@ class Workers:
         self.policies: Policies = load_policies(settings.policies_dir)
         self.store = ObjectStore(settings)
         self.audit = AuditLog(settings.audit_url)
+        self.spool = Spool(settings.home / "spool")
+        self.marker = Marker(self.policies.provenance, settings)
         self._generator: ImageGenerator | None = None
         self._screen: ImageScreen | None = None
         self._text_screen: TextScreen | None = None
@@ -147,13 +152,13 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
     for image, verdict in zip(generated, verdicts):
         job = image.job
         placement = "delivery" if verdict.decision == "allow" else "quarantine" if verdict.keep_image else None
-        png = encode(image)
+        png = encode(image, workers.marker)
         existing = workers.audit.image_record(job.key)
         if existing is not None:
             if is_complete(existing, workers):
                 outcome.reused += 1
-            else:  # audited before but its object was lost: put back the same bytes
-                uploads.append((existing, png))
+            else:  # audited before but its object was lost: put back the audited bytes
+                uploads.append((existing, workers.spool.read(job.key, existing.image_sha256) or png))
                 outcome.repaired += 1
             continue
         cost = image_cost(image.seconds, image.device, policies.costs)
@@ -174,9 +179,11 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
             currency=policies.costs.currency, image_verdict=verdict.model_dump(), image_key=job.key,
             s3_bucket=workers.store.bucket if placement else None,
             s3_key=workers.store.object_key(placement, job.key) if placement else None,
-            image_sha256=_sha256(png), metadata=rows[job.row].metadata, created_at=now().isoformat())
+            image_sha256=_sha256(png), pixels_sha256=pixels_sha256(png), provenance=workers.marker.record(),
+            metadata=rows[job.row].metadata, created_at=now().isoformat())
         new_records.append(record)
         if placement:
+            workers.spool.hold(job.key, png)
             uploads.append((record, png))
         outcome.delivered += placement == "delivery"
         outcome.quarantined += placement == "quarantine"
@@ -185,12 +192,44 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
     workers.audit.append(new_records)
     for record, png in uploads:
         if _sha256(png) != record.image_sha256:
-            raise RuntimeError(f"{record.image_key}: regenerated image differs from its audited sha256; not stored")
-        workers.store.put_image(placement_of(record), record.image_key, png, {"run-id": record.run_id})
+            raise RuntimeError(f"{record.image_key}: its object is lost and the image cannot be put back: the "
+                               f"spool has no copy and a regeneration differs from the audited sha256 "
+                               f"(C2PA signatures differ each time); not stored")
+        store_image(workers, record, png)
         outcome.s3_keys.append(record.s3_key)
     if on_image:
         on_image(len(generated))
     return outcome
+
+
+def store_image(workers: Workers, record: AuditRecord, png: bytes) -> None:
+    workers.store.put_image(placement_of(record), record.image_key, png, {"run-id": record.run_id})
+    workers.spool.release(record.image_key)
+
+
+def upload_spooled(workers: Workers, run_id: str | None = None) -> dict[str, int]:
+    """Put spooled images whose audit records are committed (of one run, or all) and drop
+    spooled images that never got a record (their run died before auditing them; they
+    were never delivered and will be generated again)."""
+    counts = {"uploaded": 0, "dropped": 0}
+    for key in workers.spool.keys():
+        record = workers.audit.image_record(key)
+        if record is None:
+            workers.spool.release(key)
+            counts["dropped"] += 1
+            continue
+        if run_id is not None and record.run_id != run_id:
+            continue
+        png = workers.spool.read(key, record.image_sha256)
+        if png is None:  # not the audited bytes: useless
+            workers.spool.release(key)
+            counts["dropped"] += 1
+        elif record.s3_key and workers.store.head(record.s3_key) is None:
+            store_image(workers, record, png)
+            counts["uploaded"] += 1
+        else:
+            workers.spool.release(key)
+    return counts
 
 
 def screen_or_quarantine(workers: Workers, images: list) -> list[ImageVerdict]:
@@ -204,12 +243,12 @@ def screen_or_quarantine(workers: Workers, images: list) -> list[ImageVerdict]:
                 for _ in images]
 
 
-def encode(image: GeneratedImage) -> bytes:
-    """The PNG stored for a generated image, with its generation parameters embedded."""
+def encode(image: GeneratedImage, marker: Marker) -> bytes:
+    """The PNG stored for a generated image, marked with how it was made."""
     job = image.job
     parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
                   "model_sha256": image.model_sha256, **job.settings.model_dump(mode="json")}
-    return encode_png(image.image, parameters)
+    return marker.encode(image.image, parameters)
 
 
 def placement_of(record: AuditRecord) -> str:

@@ -167,12 +167,53 @@ def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://buc
             err.print(f"  row {problem['row']}, column '{problem['column']}': {problem['message']}", highlight=False)
         raise typer.Exit(2) from None
     except Exception as exc:
-        fail(f"run failed: {type(exc).__name__}: {exc}", 1, as_json,
+        fail(f"run failed: {type(exc).__name__}: {exc}{_spool_hint(settings)}", 1, as_json,
              errors=[{"row": None, "column": None, "message": str(exc)}])
     if as_json:
         print(json.dumps(summary))
     else:
         _print_summary(summary, settings)
+
+
+def _spool_hint(settings: Settings) -> str:
+    from ldm_batch.audit import AuditLog
+    from ldm_batch.spool import Spool
+
+    keys = Spool(settings.home / "spool").keys()
+    if not keys:
+        return ""
+    log = AuditLog(settings.audit_url)
+    runs = sorted({record.run_id for key in keys if (record := log.image_record(key)) is not None})
+    return (f"\n{len(keys)} audited images wait in the local spool; once S3 answers, "
+            + " and ".join(f"`ldm-batch resume {run}`" for run in runs) + " stores them without generating again")
+
+
+@app.command()
+def resume(run_id: Annotated[str, typer.Argument(help="The run whose audited images are not stored yet")],
+           config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Store a run's audited images that wait in the local spool (S3 was down, a worker died),
+    without generating them again. Exit 1 while any of the run's images is still missing."""
+    from ldm_batch.campaign import Workers, upload_spooled
+
+    settings = _settings(config)
+    with object_store(settings) as settings:
+        workers = Workers.get(settings)
+        try:
+            counts = upload_spooled(workers, run_id)
+        except Exception as exc:
+            fail(f"resume failed: {type(exc).__name__}: {exc}", 1, as_json)
+        records = workers.audit.query(run_id=run_id, kind="image")
+        missing = [r["image_key"] for r in records if r["s3_key"] and workers.store.head(r["s3_key"]) is None]
+    if not records:
+        fail(f"run {run_id!r}: no image records in the audit log", 2, as_json)
+    report = {**counts, "missing": missing}
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(f"run {run_id}: {counts['uploaded']} images stored from the spool, {len(missing)} missing")
+        if missing:
+            out.print("run the sheet again to regenerate the missing images: " + ", ".join(missing), highlight=False)
+    raise typer.Exit(1 if missing else 0)
 
 
 def _run_flow(sheet: str, campaign: str | None, use: str, config: Path | None, quiet: bool) -> dict:
@@ -447,21 +488,25 @@ def audit_explain(image: Annotated[str, typer.Argument(help="Image key, S3 key o
 @audit_app.command("reproduce")
 def audit_reproduce(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")],
                     config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Regenerate an image from its audit record; exit 0 when byte-identical, 1 when not."""
+    """Regenerate an image from its audit record; exit 0 when byte-identical (or, for a
+    C2PA-signed image, whose signature differs on every signing, pixel-identical), 1 when not."""
     from ldm_batch.campaign import Workers
     from ldm_batch.reproduce import reproduce
 
     settings = _settings(config)
     record = _image_records(_audit_log(config), settings, image)[0]
     result = reproduce(record, Workers.get(settings))
+    signed = bool((record.get("provenance") or {}).get("c2pa"))
     if as_json:
         print(result.model_dump_json())
     else:
-        state = "[green]identical[/green]" if result.identical else "[red]DIFFERENT[/red]"
+        state = ("[green]identical[/green]" if result.identical else
+                 "[green]pixel-identical[/green] (C2PA signature differs)" if result.pixels_identical and signed
+                 else "[red]DIFFERENT[/red]")
         out.print(f"{result.image_key}: {state} (recorded {result.recorded_sha256}, now {result.reproduced_sha256})")
         for note in result.notes:
             out.print(f"  note: {note}", highlight=False)
-    raise typer.Exit(0 if result.identical else 1)
+    raise typer.Exit(0 if result.identical or (result.pixels_identical and signed) else 1)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     device: str = "auto"
     batch_size: int = 4
     embedded_s3_port: int = 18333
+    # C2PA signing of every stored PNG: a PEM certificate chain (signer first) and its PKCS8 key.
+    c2pa_certificate: Path | None = None
+    c2pa_private_key: Path | None = None
+    c2pa_timestamp_url: str | None = None  # a timestamp authority; none offline
 
     @property
     def audit_url(self) -> str:

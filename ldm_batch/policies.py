@@ -81,6 +81,15 @@ class ImageSafetyPolicy(Strict):
     nsfw: NsfwSignal | None = None
 
 
+class Watermark(Strict):
+    enabled: bool = False
+    payload: str = Field("ldmb", pattern=r"^[ -~]{4}$", description="4 ASCII characters")
+
+
+class ProvenancePolicy(Strict):
+    watermark: Watermark = Watermark()
+
+
 class GenerationDefaults(Strict):
     width: int = 512
     height: int = 512
@@ -135,6 +144,7 @@ class Policies(Strict):
     models: dict[str, ModelEntry]
     brands: dict[str, Brand]
     costs: CostRates
+    provenance: ProvenancePolicy
 
 
 class PolicyError(Exception):
@@ -185,6 +195,7 @@ def load_policies(directory: Path) -> Policies:
         models=models,
         brands=brands,
         costs=_parse(CostRates, directory / "costs.yaml", _load_yaml(directory / "costs.yaml")),
+        provenance=_parse(ProvenancePolicy, directory / "provenance.yaml", _load_yaml(directory / "provenance.yaml")),
     )
     classifier = policies.text_safety.classifier
     named = [policies.default_model, policies.image_safety.screen_model]

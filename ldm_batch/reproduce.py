@@ -1,4 +1,5 @@
-"""Reproduce an audited image from the audit log alone and say whether it is byte-identical.
+"""Reproduce an audited image from the audit log alone and say whether it is byte-identical
+(and pixel-identical: a C2PA-signed image's bytes differ on every signing, its pixels do not).
 
 Images reproduce exactly only at a fixed batch composition (one generator per image, but
 one batched pipeline call), so the whole batch is rebuilt from its records, in order.
@@ -12,11 +13,13 @@ from pydantic import BaseModel
 
 from ldm_batch.campaign import Workers, encode
 from ldm_batch.plan import Batch, GenerationSettings, ImageJob, LoraUse
+from ldm_batch.provenance import pixels_sha256
 
 
 class Reproduction(BaseModel):
     image_key: str
     identical: bool
+    pixels_identical: bool
     recorded_sha256: str
     reproduced_sha256: str
     batch_size: int
@@ -47,7 +50,9 @@ def reproduce(record: dict, workers: Workers) -> Reproduction:
         notes.append("the catalog's weights for this model have changed since the image was made")
     batch = Batch(settings=job_from_record(record).settings, jobs=[job_from_record(r) for r in ordered])
     generated = {g.job.key: g for g in workers.generator.generate(batch)}[record["image_key"]]
-    digest = hashlib.sha256(encode(generated)).hexdigest()
+    png = encode(generated, workers.marker)
+    digest = hashlib.sha256(png).hexdigest()
     return Reproduction(image_key=record["image_key"], identical=digest == record["image_sha256"],
+                        pixels_identical=pixels_sha256(png) == record.get("pixels_sha256"),
                         recorded_sha256=record["image_sha256"], reproduced_sha256=digest,
                         batch_size=len(ordered), notes=notes)

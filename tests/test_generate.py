@@ -13,7 +13,6 @@ from pathlib import Path
 from ldm_batch.generate import ImageGenerator
 from ldm_batch.plan import group_batches, plan_row
 from ldm_batch.policies import load_policies
-from ldm_batch.provenance import encode_png
 from ldm_batch.sheets import PromptRow
 
 policies = load_policies(Path(sys.argv[1]))
@@ -21,7 +20,7 @@ row = PromptRow(row=1, asset_id="a-1", prompt="a red circle on a white backgroun
                 variants=2, seed=1234)
 batch = group_batches(plan_row(row, "c", policies), 4)[0]
 for image in ImageGenerator(policies, "cpu").generate(batch):
-    print(hashlib.sha256(encode_png(image.image, {"seed": image.job.seed})).hexdigest())
+    print(hashlib.sha256(image.image.tobytes()).hexdigest())
 """
 
 

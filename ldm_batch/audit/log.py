@@ -70,6 +70,8 @@ class AuditRecord(BaseModel):
     s3_key: str | None = None
     s3_version: str | None = None
     image_sha256: str | None = None
+    pixels_sha256: str | None = None  # of the decoded pixels: reproducible even when C2PA-signed
+    provenance: dict | None = None  # the marks in the PNG: XMP, watermark, C2PA signer
     metadata: dict = {}
     created_at: str
 
