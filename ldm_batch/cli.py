@@ -397,7 +397,8 @@ def audit_query(
     model: Annotated[str | None, typer.Option(help="Model id")] = None,
     kind: Annotated[str | None, typer.Option(help="image or row")] = None,
     brand: Annotated[str | None, typer.Option(help="Brand id")] = None,
-    license: Annotated[str | None, typer.Option(help="Model license id, e.g. CreativeML-OpenRAIL-M")] = None,
+    license: Annotated[str | None, typer.Option(help="License id of the model or a LoRA, e.g. CreativeML-OpenRAIL-M")] = None,
+    lora: Annotated[str | None, typer.Option(help="Images made with this LoRA")] = None,
     since: Annotated[datetime | None, typer.Option(help="Records made at or after this time (UTC)")] = None,
     until: Annotated[datetime | None, typer.Option(help="Records made before this time (UTC)")] = None,
     text: Annotated[str | None, typer.Option(help="Prompts containing this text (case-insensitive)")] = None,
@@ -413,7 +414,7 @@ def audit_query(
     records = _audit_log(config).query(run_id=run_id, campaign=campaign, asset_id=asset_id, decision=decision,
                                        model_id=model, kind=kind, brand=brand, license=license,
                                        since=_utc(since), until=_utc(until), text=text, reviewer=reviewer,
-                                       limit=limit)
+                                       lora=lora, limit=limit)
     if format is Format.parquet and out_file is None:
         fail("--format parquet needs --out FILE", 2)
     if format is Format.table:

@@ -39,6 +39,32 @@ def test_non_commercial_model_is_refused_for_a_commercial_campaign(prefect_harne
     assert ObjectStore(settings).keys() == []  # refused before any generation
 
 
+def test_non_commercial_lora_is_refused_for_a_commercial_campaign(prefect_harness, settings, tmp_path, monkeypatch):
+    import shutil
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    acme = policies / "brands" / "acme.yaml"
+    acme.write_text(acme.read_text().replace(
+        "license: {id: Apache-2.0, url: https://www.apache.org/licenses/LICENSE-2.0, commercial_use: true}",
+        "license: {id: CC-BY-NC-4.0, url: https://creativecommons.org/licenses/by-nc/4.0/, commercial_use: false}"))
+    monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
+    sheet = tmp_path / "brands.csv"
+    sheet.write_text("asset_id,prompt,brand\nplain-1,a red circle,\nacme-1,a blue square,acme\n")
+
+    result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "nc", "--json"])
+    assert result.exit_code == 2, result.output
+    (error,) = json.loads(result.stdout.strip().splitlines()[-1])["errors"]
+    assert (error["row"], error["column"]) == (2, "brand")
+    assert "LoRA 'acme-style' is licensed under CC-BY-NC-4.0" in error["message"]
+    assert ObjectStore(settings).keys() == []
+
+    allowed = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "nc", "--use", "non-commercial", "--json"])
+    assert allowed.exit_code == 0, allowed.output
+    image = AuditLog(settings.audit_url).query(campaign="nc", kind="image", brand="acme")[0]
+    assert (image["use"], image["loras"][0]["license"]["id"]) == ("non-commercial", "CC-BY-NC-4.0")
+
+
 def test_every_delivered_png_carries_its_provenance(campaign_run, settings):
     store = ObjectStore(settings)
     for record in AuditLog(settings.audit_url).query(run_id=campaign_run["run_id"], kind="image"):
@@ -115,6 +141,7 @@ def test_migrations_upgrade_and_downgrade(backend, tmp_path, request):
         assert "batch_id" not in {c["name"] for c in inspect(connection).get_columns("audit_records")}
         command.upgrade(config, "head")
         assert "batch_id" in {c["name"] for c in inspect(connection).get_columns("audit_records")}
+        assert {"lora_uses", "reviews"} <= set(inspect(connection).get_table_names())
         command.downgrade(config, "base")
         assert "audit_records" not in inspect(connection).get_table_names()
         connection.commit()

@@ -3,7 +3,9 @@
 Every record is appended under a lock on the single `chain_head` row (SQLite: BEGIN
 IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE), so concurrent writers extend one chain.
 A record's hash covers its sequence number, the previous record's hash and the
-canonical JSON of its payload; `verify` recomputes all of it.
+canonical JSON of its payload; `verify` recomputes all of it. The query columns, the
+`lora_uses` and the `reviews` tables are normalised copies of the hashed payload, written
+in the same transaction; `verify` checks that they still agree with it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, or_, select
 from sqlalchemy.orm import Session
 
-from ldm_batch.audit.tables import ChainHead, Record, Run
+from ldm_batch.audit.tables import ChainHead, LoraUse, Record, Review, Run
 
 GENESIS = "0" * 64
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -152,6 +154,8 @@ class AuditLog:
                     created_at=datetime.fromisoformat(record.created_at),
                     model_license=(record.model_license or {}).get("id"),
                     **{name: payload[name] for name in INDEXED}))
+                session.flush()  # the record row first: the rows below refer to it
+                session.add_all(normalised_rows(seq, payload))
                 head.seq, head.hash = seq, digest
                 seqs.append(seq)
             return seqs
@@ -177,10 +181,10 @@ class AuditLog:
               brand: str | None = None, license: str | None = None, batch_id: str | None = None,
               image_key: str | None = None, image_sha256: str | None = None, since: datetime | None = None,
               until: datetime | None = None, text: str | None = None, reviewer: str | None = None,
-              limit: int | None = None) -> list[dict]:
+              lora: str | None = None, limit: int | None = None) -> list[dict]:
         """Records matching every filter given, oldest first; `text` searches prompts."""
         filters = {"run_id": run_id, "campaign": campaign, "asset_id": asset_id, "decision": decision,
-                   "model_id": model_id, "kind": kind, "brand": brand, "model_license": license,
+                   "model_id": model_id, "kind": kind, "brand": brand,
                    "batch_id": batch_id, "image_key": image_key, "image_sha256": image_sha256}
         statement = select(Record).order_by(Record.seq)
         for name, value in filters.items():
@@ -192,8 +196,14 @@ class AuditLog:
             statement = statement.where(Record.created_at < until)
         if text:
             statement = statement.where(Record.prompt.icontains(text, autoescape=True))
-        if reviewer:  # payloads are canonical JSON, so the field reads exactly like this
-            statement = statement.where(Record.payload.contains(f'"reviewer":{json.dumps(reviewer)}', autoescape=True))
+        if license is not None:  # the model's license or any LoRA's
+            statement = statement.where(or_(
+                Record.model_license == license,
+                Record.seq.in_(select(LoraUse.record_seq).where(LoraUse.license_id == license))))
+        if lora is not None:
+            statement = statement.where(Record.seq.in_(select(LoraUse.record_seq).where(LoraUse.lora_id == lora)))
+        if reviewer is not None:
+            statement = statement.where(Record.seq.in_(select(Review.record_seq).where(Review.reviewer == reviewer)))
         if limit:
             statement = statement.limit(limit)
         with Session(self.engine) as session:
@@ -204,6 +214,9 @@ class AuditLog:
         problems: list[str] = []
         expected_prev, expected_seq, count = GENESIS, 1, 0
         with Session(self.engine) as session:
+            copies: dict[int, list[tuple]] = {}
+            for row in [*session.scalars(select(LoraUse)), *session.scalars(select(Review))]:
+                copies.setdefault(row.record_seq, []).append(_comparable(row))
             for r in session.scalars(select(Record).order_by(Record.seq)).yield_per(1000):
                 count += 1
                 if r.seq != expected_seq:
@@ -216,11 +229,35 @@ class AuditLog:
                 for name in INDEXED:
                     if getattr(r, name) != payload.get(name):
                         problems.append(f"record {r.seq}: column {name} differs from the hashed record")
+                expected = sorted(_comparable(row) for row in normalised_rows(r.seq, payload))
+                if sorted(copies.pop(r.seq, [])) != expected:
+                    problems.append(f"record {r.seq}: its LoRA-use or review rows differ from the hashed record")
                 expected_prev, expected_seq = r.record_hash, r.seq + 1
+            problems += [f"LoRA-use or review rows name record {seq}, which does not exist" for seq in copies]
             head = session.get(ChainHead, 1)
             if head is None or head.seq != expected_seq - 1 or head.hash != expected_prev:
                 problems.append("chain head does not match the last record (records deleted at the end?)")
         return VerifyReport(ok=not problems, records=count, problems=problems)
+
+
+def normalised_rows(seq: int, payload: dict) -> list[LoraUse | Review]:
+    """The `lora_uses` and `reviews` rows that copy a record's payload."""
+    if payload["kind"] == "review":
+        return [Review(record_seq=seq, image_key=payload["image_key"], reviewer=payload["reviewer"],
+                       decision=payload["decision"], reason="; ".join(payload["reasons"]),
+                       created_at=datetime.fromisoformat(payload["created_at"]))]
+    if payload["kind"] == "image":
+        return [LoraUse(record_seq=seq, lora_id=lora["id"], scale=lora["scale"], sha256=lora.get("sha256"),
+                        license_id=(lora.get("license") or {}).get("id"),
+                        commercial_use=(lora.get("license") or {}).get("commercial_use"))
+                for lora in payload.get("loras", [])]
+    return []
+
+
+def _comparable(row: LoraUse | Review) -> tuple:
+    if isinstance(row, Review):
+        return ("review", row.record_seq, row.image_key, row.reviewer, row.decision, row.reason)
+    return ("lora", row.record_seq, row.lora_id, row.scale, row.sha256, row.license_id, row.commercial_use)
 
 
 def verify_objects(log: AuditLog, store) -> list[str]:

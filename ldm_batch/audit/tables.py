@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -62,3 +62,30 @@ class ChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class LoraUse(Base):
+    """One LoRA an image record used: a normalised copy of the hashed payload's `loras`."""
+
+    __tablename__ = "lora_uses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    record_seq: Mapped[int] = mapped_column(ForeignKey("audit_records.seq"), index=True)
+    lora_id: Mapped[str] = mapped_column(String(256), index=True)
+    scale: Mapped[float] = mapped_column(Float)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    license_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    commercial_use: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class Review(Base):
+    """A reviewer's decision: a normalised copy of a review record's payload."""
+
+    __tablename__ = "reviews"
+
+    record_seq: Mapped[int] = mapped_column(ForeignKey("audit_records.seq"), primary_key=True)
+    image_key: Mapped[str] = mapped_column(String(512), index=True)
+    reviewer: Mapped[str] = mapped_column(String(128), index=True)
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
