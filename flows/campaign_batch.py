@@ -10,26 +10,28 @@ ldm_batch; this file wires the stages, fans generation out by batch and reports.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ldm_batch import progress
-from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, is_stored, process_batch, row_record,
-                                upload_spooled)
+from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, check_weights, is_stored, process_batch,
+                                row_record, skipped_record, upload_spooled)
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.licenses import LicenseRefused, Use, license_problems
 from ldm_batch.plan import Batch, group_batches, plan_row
 from ldm_batch.safety.text import PromptVerdict
-from ldm_batch.sheets import PromptRow, Sheet, read_sheet, sheet_stem
+from ldm_batch.sheets import PromptRow, Sheet, check_size, read_sheet, sheet_stem
 from ldm_batch.storage import read_source
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def load_sheet(uri: str, settings: Settings) -> Sheet:
-    name, data = read_source(uri, settings)
-    return read_sheet(name, data, Workers.get(settings).policies)
+def load_sheet(uri: str, settings: Settings, skip_invalid_rows: bool) -> Sheet:
+    policies = Workers.get(settings).policies
+    name, data = read_source(uri, settings, partial(check_size, limits=policies.sheet_limits))
+    return read_sheet(name, data, policies, skip_invalid_rows)
 
 
 @task(cache_policy=NO_CACHE)
@@ -60,26 +62,29 @@ def refuse_unlicensed(jobs: list, sheet: Sheet, verdicts: list[PromptVerdict], r
 
 @flow(name="campaign-batch")
 def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commercial",
-                   config: str | None = None) -> dict:
+                   skip_invalid_rows: bool = False, config: str | None = None) -> dict:
     settings = load_settings(config)
     workers = Workers.get(settings)
     workers.audit.migrate()
     workers.store.ensure_bucket()
     upload_spooled(workers)  # images an earlier run audited but could not store
 
-    parsed = load_sheet(sheet, settings)
+    parsed = load_sheet(sheet, settings, skip_invalid_rows)
     verdicts = screen_text(parsed, settings)
     run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or sheet_stem(parsed.name), use=use,
                      sheet=parsed.name)
     workers.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256)
     summary = {"run_id": run.run_id, "campaign": run.campaign, "sheet": parsed.name,
-               "rows": len(parsed.rows), "errors": []}
+               "rows": len(parsed.rows), "errors": [],
+               "skipped": [p.model_dump() for row in parsed.skipped for p in row.problems]}
     try:
+        workers.audit.append([skipped_record(run, row) for row in parsed.skipped])
         refused = [(row, v) for row, v in zip(parsed.rows, verdicts) if v.decision != "allow"]
         workers.audit.append([row_record(run, row, v) for row, v in refused])
         allowed = [row for row, v in zip(parsed.rows, verdicts) if v.decision == "allow"]
         jobs = [job for row in allowed for job in plan_row(row, run.campaign, workers.policies)]
         refuse_unlicensed(jobs, parsed, verdicts, run, workers)
+        check_weights(jobs, workers.policies)
         unmarkable = {job.row: problem for job in jobs
                       if (problem := workers.marker.size_problem(job.settings.width, job.settings.height))}
         if unmarkable:

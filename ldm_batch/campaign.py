@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from ldm_batch.audit import AuditLog, AuditRecord
 from ldm_batch.audit.log import now
+from ldm_batch.catalog import verified_path
 from ldm_batch.config import Settings
 from ldm_batch.cost import image_cost
 from ldm_batch.generate import GeneratedImage, ImageGenerator, resolve_device
@@ -31,7 +32,7 @@ from ldm_batch.policies import Policies, load_policies
 from ldm_batch.provenance import Marker, pixels_sha256
 from ldm_batch.safety.image import ImageScreen, ImageVerdict
 from ldm_batch.safety.text import PromptVerdict, TextScreen
-from ldm_batch.sheets import PromptRow
+from ldm_batch.sheets import PromptRow, SkippedRow
 from ldm_batch.spool import Spool
 from ldm_batch.storage import ObjectStore
 
@@ -120,6 +121,27 @@ def row_record(run: RunContext, row: PromptRow, verdict: PromptVerdict,
         reasons=license_reasons or verdict.reasons, prompt=row.prompt, negative_prompt=row.negative_prompt,
         text_verdict=verdict.model_dump(), brand=row.brand, model_id=row.model,
         metadata=row.metadata, created_at=now().isoformat())
+
+
+def skipped_record(run: RunContext, row: SkippedRow) -> AuditRecord:
+    """The record of an invalid row left out by --skip-invalid-rows, with its problems."""
+    return AuditRecord(
+        kind="row", run_id=run.run_id, campaign=run.campaign, use=run.use, sheet=run.sheet, sheet_row=row.row,
+        asset_id=(row.cells.get("asset_id") or f"row{row.row}")[:128], decision="skipped",
+        reasons=[f"column {p.column!r}: {p.message}" for p in row.problems], prompt=row.cells.get("prompt", ""),
+        text_verdict={}, metadata=row.cells, created_at=now().isoformat())
+
+
+def check_weights(jobs: list[ImageJob], policies: Policies) -> None:
+    """Before generation: every model and LoRA the plan uses is safetensors with the catalog's
+    sha256 (raises CatalogError naming the file). Digests are cached, so loading does not hash again."""
+    loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
+    entries = {}
+    for job in jobs:
+        entries[job.settings.model] = policies.models[job.settings.model]
+        entries.update({use.id: loras[use.id] for use in job.settings.loras})
+    for entry in entries.values():
+        verified_path(entry.source, getattr(entry, "revision", None), entry.sha256)
 
 
 def is_stored(job: ImageJob, workers: Workers) -> bool:

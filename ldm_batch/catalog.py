@@ -6,6 +6,7 @@ and checks their sha256 against the catalog before anything loads them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from pathlib import Path
@@ -34,11 +35,29 @@ def weights_sha256(path: Path) -> str:
 
 
 def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _cached_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Digest of a file, once per process per (path, size, mtime): runs check weights before
+    generation and again when loading them."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as weights:
+            weights.keys()
+    except Exception as exc:
+        raise CatalogError(f"{path}: not a valid safetensors file ({exc}); only safetensors weights are loaded") from None
 
 
 def resolve(source: str, revision: str | None) -> Path:
@@ -59,6 +78,10 @@ def resolve(source: str, revision: str | None) -> Path:
             raise CatalogError(f"{source}: the Python package {package!r} is not installed")
         return Path(next(iter(spec.submodule_search_locations))) / inner
     local = Path(source).expanduser()
+    if local.is_absolute():  # the policy loader made local sources absolute
+        if not local.exists():
+            raise CatalogError(f"{source}: no such file or folder")
+        return local
     if local.exists():
         return local
     from huggingface_hub import snapshot_download
@@ -73,6 +96,8 @@ def verified_path(source: str, revision: str | None, sha256: str | None) -> tupl
     path = resolve(source, revision)
     if path.is_file() and path.suffix in PICKLE_SUFFIXES:
         raise CatalogError(f"{path}: pickle weights ({path.suffix}) are not loaded; use safetensors")
+    if path.is_file() and path.suffix != ".onnx":
+        _check_safetensors(path)
     actual = weights_sha256(path)
     if sha256 and actual != sha256:
         raise CatalogError(f"{source}: weights sha256 {actual} does not match the catalog's {sha256}")

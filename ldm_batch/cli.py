@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from functools import partial
 from datetime import UTC, datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.policies import PolicyError, load_policies
-from ldm_batch.sheets import SAFE_NAME, SheetInvalid, read_sheet
+from ldm_batch.sheets import SAFE_NAME, SheetInvalid, check_size, read_sheet
 
 app = typer.Typer(help="Batch image generation with safety screens, S3 storage and an audit log.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -56,6 +57,7 @@ out = Console()
 err = Console(stderr=True)
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML file of settings (keys as in LDM_BATCH_*)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines")]
+SkipOption = Annotated[bool, typer.Option("--skip-invalid-rows", help="Run the valid rows; report and audit the invalid ones as skipped")]
 
 
 def fail(message: str, code: int, as_json: bool = False, **fields) -> None:
@@ -98,14 +100,14 @@ def object_store(settings: Settings) -> Iterator[Settings]:
                     os.environ[name] = value
 
 
-def _validate(sheet: str, settings: Settings, as_json: bool):
+def _validate(sheet: str, settings: Settings, as_json: bool, skip_invalid: bool = False):
     """Read and check a sheet; on problems print them and exit 2."""
     from ldm_batch.storage import read_source
 
     try:
         policies = load_policies(settings.policies_dir)
-        name, data = read_source(sheet, settings)
-        return read_sheet(name, data, policies)
+        name, data = read_source(sheet, settings, partial(check_size, limits=policies.sheet_limits))
+        return read_sheet(name, data, policies, skip_invalid)
     except PolicyError as exc:
         fail(str(exc), 2, as_json, valid=False, errors=[{"row": None, "column": None, "message": str(exc)}])
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
@@ -121,44 +123,55 @@ def _validate(sheet: str, settings: Settings, as_json: bool):
 
 @app.command()
 def validate(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://bucket/key")],
-             config: ConfigOption = None, as_json: JsonOption = False) -> None:
+             skip_invalid_rows: SkipOption = False, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Check a campaign sheet without generating anything."""
     settings = _settings(config)
     if sheet.startswith("s3://"):
         with object_store(settings) as settings:
-            parsed = _validate(sheet, settings, as_json)
+            parsed = _validate(sheet, settings, as_json, skip_invalid_rows)
     else:
-        parsed = _validate(sheet, settings, as_json)
+        parsed = _validate(sheet, settings, as_json, skip_invalid_rows)
+    skipped = [p.model_dump() for row in parsed.skipped for p in row.problems]
     if as_json:
-        print(json.dumps({"valid": True, "sheet": parsed.name, "rows": len(parsed.rows), "errors": []}))
+        print(json.dumps({"valid": True, "sheet": parsed.name, "rows": len(parsed.rows), "errors": [],
+                          "skipped": skipped}))
     else:
         images = sum(r.variants for r in parsed.rows)
         out.print(f"[green]valid[/green]: {parsed.name}, {len(parsed.rows)} rows, {images} images requested")
+        _print_skipped(skipped)
+
+
+def _print_skipped(problems: list[dict]) -> None:
+    for p in problems:
+        err.print(f"[yellow]skipped[/yellow] row {p['row']}, column {p['column']!r}: {p['message']}", highlight=False)
 
 
 @app.command()
 def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://bucket/key")],
         campaign: Annotated[str | None, typer.Option(help="Campaign name (default: the sheet's name)")] = None,
         use: Annotated[Use, typer.Option(help="The campaign's use; licenses must allow it")] = Use.commercial,
-        config: ConfigOption = None, as_json: JsonOption = False) -> None:
+        skip_invalid_rows: SkipOption = False, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Run a campaign sheet: screen, generate, screen, store and audit."""
+    from ldm_batch.catalog import CatalogError
     from ldm_batch.licenses import LicenseRefused
 
     settings = _settings(config)
     if campaign is not None and not SAFE_NAME.match(campaign):
         fail(f"--campaign {campaign!r}: use 1-128 letters, digits, '.', '_' or '-'", 2, as_json)
     if not sheet.startswith("s3://"):
-        _validate(sheet, settings, as_json)  # before starting any server: bad sheets exit fast
+        _validate(sheet, settings, as_json, skip_invalid_rows)  # before starting any server: bad sheets exit fast
     from ldm_batch.orchestration import configure_prefect
 
     configure_prefect(settings.home)
     try:
         with object_store(settings) as settings:
             if sheet.startswith("s3://"):
-                _validate(sheet, settings, as_json)
-            summary = _run_flow(sheet, campaign, use.value, config, quiet=as_json)
+                _validate(sheet, settings, as_json, skip_invalid_rows)
+            summary = _run_flow(sheet, campaign, use.value, skip_invalid_rows, config, quiet=as_json)
     except typer.Exit:
         raise
+    except CatalogError as exc:
+        fail(f"refused before generation: {exc}", 2, as_json, errors=[{"row": None, "column": None, "message": str(exc)}])
     except LicenseRefused as exc:
         if as_json:
             print(json.dumps({"error": "license", "errors": exc.problems}))
@@ -216,7 +229,8 @@ def resume(run_id: Annotated[str, typer.Argument(help="The run whose audited ima
     raise typer.Exit(1 if missing else 0)
 
 
-def _run_flow(sheet: str, campaign: str | None, use: str, config: Path | None, quiet: bool) -> dict:
+def _run_flow(sheet: str, campaign: str | None, use: str, skip_invalid_rows: bool, config: Path | None,
+              quiet: bool) -> dict:
     from flows.campaign_batch import campaign_batch
     from ldm_batch import progress
 
@@ -232,7 +246,8 @@ def _run_flow(sheet: str, campaign: str | None, use: str, config: Path | None, q
 
         stop_listening = progress.listen(on_event)
         try:
-            return campaign_batch(sheet=sheet, campaign=campaign, use=use, config=str(config) if config else None)
+            return campaign_batch(sheet=sheet, campaign=campaign, use=use, skip_invalid_rows=skip_invalid_rows,
+                                  config=str(config) if config else None)
         finally:
             stop_listening()
 
@@ -244,6 +259,7 @@ def _print_summary(summary: dict, settings: Settings) -> None:
                  "images_delivered", "images_blocked", "images_stored", "cost"):
         table.add_row(name, str(summary.get(name)))
     out.print(table)
+    _print_skipped(summary.get("skipped", []))
     for refused in summary.get("refused", []):
         out.print(f"row {refused['row']} ({refused['asset_id']}) {refused['decision']}: "
                   + "; ".join(refused["reasons"]))

@@ -18,7 +18,9 @@ class Strict(BaseModel):
 
 
 class SheetLimits(Strict):
+    max_bytes: int = 20_000_000
     max_rows: int = 10000
+    max_cell_chars: int = 2000
     max_prompt_chars: int = 1000
     max_variants: int = 16
     min_size: int = 64
@@ -170,16 +172,35 @@ def _parse(model: type[BaseModel], path: Path, data):
 
 class _Catalog(Strict):
     default_model: str
+    # Local weights (a source starting with /, ./, ../ or ~) must lie under one of these
+    # folders (relative to the policies folder); builtin:, package: and hub ids are not local.
+    local_weights_roots: list[str] = ["loras"]
     models: list[ModelEntry]
+
+
+LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+def _confine(entry, directory: Path, roots: list[Path], path: Path):
+    """The entry with its local source made absolute, if it lies under an allowed root."""
+    if not entry.source.startswith(LOCAL_PREFIXES):
+        return entry
+    source = (directory / Path(entry.source).expanduser()).resolve()
+    if not any(source.is_relative_to(root) for root in roots):
+        raise PolicyError(f"{path}: {entry.id!r} source {entry.source!r} lies outside the allowed weights "
+                          f"folders ({', '.join(map(str, roots)) or 'none'}; see local_weights_roots in models.yaml)")
+    return entry.model_copy(update={"source": str(source)})
 
 
 def load_policies(directory: Path) -> Policies:
     directory = Path(directory)
     catalog = _parse(_Catalog, directory / "models.yaml", _load_yaml(directory / "models.yaml"))
-    models = {m.id: m for m in catalog.models}
+    roots = [(directory / root).resolve() for root in catalog.local_weights_roots]
+    models = {m.id: _confine(m, directory, roots, directory / "models.yaml") for m in catalog.models}
     brands = {}
     for path in sorted((directory / "brands").glob("*.yaml")):
         brand = _parse(Brand, path, _load_yaml(path))
+        brand = brand.model_copy(update={"loras": [_confine(lora, directory, roots, path) for lora in brand.loras]})
         if brand.id != path.stem:
             raise PolicyError(f"{path}: id {brand.id!r} must match the file name {path.stem!r}")
         for lora in brand.loras:

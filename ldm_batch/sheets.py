@@ -2,7 +2,12 @@
 
 Every problem names the place a spreadsheet user would look: the 1-based data row (or
 "header", or the file) and the column, and says what would be accepted. All problems of a
-sheet are collected before it is refused, so a user can fix them in one pass.
+sheet are collected before it is refused, so a user can fix them in one pass; with
+`skip_invalid=True` the valid rows are kept and the invalid ones reported as skipped.
+
+Accepted: CSV in UTF-8 (with or without BOM) separated by commas, semicolons or tabs, and
+XLSX workbooks with one sheet and no merged cells. Size and row limits come from
+policies/sheet_limits.yaml and are checked before a sheet is read whole.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import PurePath
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from ldm_batch.policies import Policies
+from ldm_batch.policies import Policies, SheetLimits
 
 MAX_SEED = 2**32 - 1
 # Asset ids and campaign names become parts of S3 keys: keep them to safe characters.
@@ -26,6 +31,11 @@ KNOWN_COLUMNS = (
     "width", "height", "steps", "guidance", "campaign", "channel", "notes",
 )
 XLSX_MAGIC = b"PK\x03\x04"
+DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs"}
+# What spreadsheets evaluate (OWASP CSV injection): a cell starting with = + - @ is a
+# formula, not a prompt, unless it is just a number.
+FORMULA = re.compile(r"^(?:[=@]|[+-](?![\d.]+$))")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class SheetProblem(BaseModel):
@@ -74,15 +84,24 @@ class PromptRow(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
+class SkippedRow(BaseModel):
+    row: int
+    cells: dict[str, str]
+    problems: list[SheetProblem]
+
+
 class Sheet(BaseModel):
     name: str
     sha256: str
     rows: list[PromptRow]
+    skipped: list[SkippedRow] = []
 
 
-def read_sheet(name: str, data: bytes, policies: Policies) -> Sheet:
-    """Parse and validate a sheet's bytes; raise `SheetInvalid` listing every problem."""
-    table = _read_table(name, data)
+def read_sheet(name: str, data: bytes, policies: Policies, skip_invalid: bool = False) -> Sheet:
+    """Parse and validate a sheet's bytes; raise `SheetInvalid` listing every problem, or with
+    `skip_invalid`, keep the valid rows and report the others in `Sheet.skipped` (problems
+    with the file or its header still refuse the whole sheet)."""
+    table = _read_table(name, data, policies.sheet_limits)
     problems: list[SheetProblem] = []
     header = [str(c).strip().lower() for c in table.columns]
     duplicated = sorted({c for c in header if header.count(c) > 1})
@@ -91,64 +110,129 @@ def read_sheet(name: str, data: bytes, policies: Policies) -> Sheet:
     if "prompt" not in header:
         problems.append(SheetProblem(
             row="header", column="prompt",
-            message=f"required column 'prompt' is missing (found: {', '.join(header) or 'none'})",
+            message=f"required column 'prompt' is missing (found: {', '.join(header) or 'none'})"
+                    + ("; columns must be separated by commas, semicolons or tabs" if len(header) == 1 else ""),
         ))
     if problems:
         raise SheetInvalid(name, problems)
     table.columns = header
-    limits = policies.sheet_limits
     if len(table) == 0:
         raise SheetInvalid(name, [SheetProblem(row=None, column=None, message="the sheet has a header but no rows")])
-    if len(table) > limits.max_rows:
-        raise SheetInvalid(name, [SheetProblem(
-            row=None, column=None, message=f"{len(table)} rows is above the policy maximum of {limits.max_rows}")])
 
     rows: list[PromptRow] = []
+    skipped: list[SkippedRow] = []
     seen_assets: dict[str, int] = {}
     for index, record in enumerate(table.to_dict(orient="records"), start=1):
-        cells = {k: str(v).strip() for k, v in record.items()}
+        cells = {k: "" if _missing(v) else str(v).strip() for k, v in record.items()}
         row, row_problems = _parse_row(index, cells, policies, name)
-        problems.extend(row_problems)
-        if row is None:
-            continue
-        if row.asset_id in seen_assets:
-            problems.append(SheetProblem(
+        if row is not None and row.asset_id in seen_assets:
+            row_problems.append(SheetProblem(
                 row=index, column="asset_id",
                 message=f"asset_id {row.asset_id!r} already used in row {seen_assets[row.asset_id]}; asset ids must be unique"))
-        seen_assets.setdefault(row.asset_id, index)
+        if row_problems:
+            problems.extend(row_problems)
+            skipped.append(SkippedRow(row=index, cells=cells, problems=row_problems))
+            continue
+        seen_assets[row.asset_id] = index
         rows.append(row)
-    if problems:
+    if problems and not skip_invalid:
         raise SheetInvalid(name, problems)
-    return Sheet(name=name, sha256=hashlib.sha256(data).hexdigest(), rows=rows)
+    if not rows:
+        raise SheetInvalid(name, problems + [SheetProblem(row=None, column=None, message="no valid rows are left")])
+    return Sheet(name=name, sha256=hashlib.sha256(data).hexdigest(), rows=rows, skipped=skipped)
 
 
-def _read_table(name: str, data: bytes) -> pd.DataFrame:
-    def file_problem(message: str) -> SheetInvalid:
-        return SheetInvalid(name, [SheetProblem(row=None, column=None, message=message)])
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # NaN: a short row
 
+
+def _file_problem(name: str, message: str) -> SheetInvalid:
+    return SheetInvalid(name, [SheetProblem(row=None, column=None, message=message)])
+
+
+def check_size(name: str, size: int, limits: SheetLimits) -> None:
+    """Refuse a sheet file above the policy's size limit (called before it is read)."""
+    if size > limits.max_bytes:
+        raise _file_problem(name, f"the file has {size} bytes; the policy maximum is {limits.max_bytes} "
+                                  "(split the campaign into several sheets)")
+
+
+def _read_table(name: str, data: bytes, limits: SheetLimits) -> pd.DataFrame:
+    check_size(name, len(data), limits)
     if not data.strip():
-        raise file_problem("the file is empty; expected a CSV or XLSX sheet with a header row including 'prompt'")
+        raise _file_problem(name, "the file is empty; expected a CSV or XLSX sheet with a header row including 'prompt'")
     if data.startswith(XLSX_MAGIC):
-        try:
-            return pd.read_excel(io.BytesIO(data), dtype=str, keep_default_na=False, engine="openpyxl")
-        except Exception as exc:  # openpyxl raises many types for corrupt workbooks
-            raise file_problem(f"the file looks like XLSX but cannot be read ({exc})") from None
+        return _read_xlsx(name, data, limits)
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(data):
+        raise _file_problem(name, "the file is UTF-16 text; save the sheet as CSV UTF-8 (or XLSX)")
     if b"\x00" in data[:4096]:
-        raise file_problem("the file is not a CSV/XLSX sheet (binary content); save the sheet as CSV (UTF-8) or XLSX")
+        raise _file_problem(name, "the file is not a CSV/XLSX sheet (binary content); save the sheet as CSV UTF-8 or XLSX")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise file_problem(f"the file is not UTF-8 text (byte {exc.start}); save the sheet as CSV UTF-8 or XLSX") from None
-    if any(ord(ch) < 32 and ch not in "\t\r\n" for ch in text[:4096]):
-        raise file_problem("the file is not a CSV/XLSX sheet (binary content); save the sheet as CSV (UTF-8) or XLSX")
+        line = data[:exc.start].count(b"\n")
+        where = "the header" if line == 0 else f"row {line}"
+        raise _file_problem(name, f"the file is not UTF-8: byte 0x{data[exc.start]:02x} in {where} (Latin-1 or "
+                                  "Windows-1252?); save the sheet as CSV UTF-8 or XLSX") from None
+    header_line = text.split("\n", 1)[0]
+    delimiter = max(DELIMITERS, key=header_line.count)
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                            sep=delimiter, nrows=limits.max_rows + 1)
     except pd.errors.ParserError as exc:
-        raise file_problem(f"the CSV cannot be parsed: {exc}") from None
+        detail = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
+        line = re.search(r"in line (\d+), saw (\d+)", detail)
+        if line:  # pandas counts the header as line 1
+            raise SheetInvalid(name, [SheetProblem(row=int(line[1]) - 1, column=None, message=(
+                f"the row has {line[2]} cells but the header has {len(header_line.split(delimiter))} columns; "
+                f"cells containing {DELIMITERS[delimiter]} need double quotes"))]) from None
+        raise _file_problem(name, f"the CSV cannot be parsed ({detail}); every row needs the header's number of "
+                                  f"cells, and cells with {DELIMITERS[delimiter]}, quotes or line breaks need "
+                                  "double quotes") from None
+    _check_rows(name, len(table), limits)
+    return table
+
+
+def _looks_utf16(data: bytes) -> bool:
+    """UTF-16 without a byte-order mark: every other byte of ASCII text is zero."""
+    head = data[:400]
+    return len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) >= 0.9 * (len(head) // 2)
+
+
+def _check_rows(name: str, rows: int, limits: SheetLimits) -> None:
+    if rows > limits.max_rows:
+        raise _file_problem(name, f"the sheet has more than {limits.max_rows} rows, the policy maximum; "
+                                  "split the campaign into several sheets")
+
+
+def _read_xlsx(name: str, data: bytes, limits: SheetLimits) -> pd.DataFrame:
+    from openpyxl import load_workbook
+
+    try:
+        workbook = load_workbook(io.BytesIO(data), read_only=True)  # streams: dimensions before data
+        sheets = workbook.sheetnames
+        if len(sheets) != 1:
+            raise _file_problem(name, f"the workbook has {len(sheets)} sheets ({', '.join(sheets)}); keep the "
+                                      "prompts on a single sheet")
+        _check_rows(name, (workbook.active.max_row or 1) - 1, limits)
+        workbook.close()
+        sheet = load_workbook(io.BytesIO(data)).active
+    except SheetInvalid:
+        raise
+    except Exception as exc:  # openpyxl raises many types for corrupt workbooks
+        raise _file_problem(name, f"the file looks like XLSX but cannot be read ({type(exc).__name__}: {exc}); "
+                                  "save it again from the spreadsheet, or as CSV UTF-8") from None
+    merged = [str(r) for r in sheet.merged_cells.ranges]
+    if merged:
+        raise _file_problem(name, f"merged cells ({', '.join(merged[:5])}) on sheet {sheet.title!r}; unmerge them "
+                                  "so each row has its own values")
+    values = [["" if v is None else str(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+    if not values:
+        raise _file_problem(name, "the workbook's sheet is empty; expected a header row including 'prompt'")
+    return pd.DataFrame(values[1:], columns=values[0], dtype=str)
 
 
 def _parse_row(index: int, cells: dict[str, str], policies: Policies, sheet_name: str):
-    limits = policies.sheet_limits
     problems: list[SheetProblem] = []
 
     def problem(column: str, message: str) -> None:
@@ -163,6 +247,19 @@ def _parse_row(index: int, cells: dict[str, str], policies: Policies, sheet_name
         except ValueError as exc:
             problem(column, str(exc))
             return None
+
+    limits = policies.sheet_limits
+    for column, value in cells.items():
+        if len(value) > limits.max_cell_chars and column != "prompt":
+            problem(column, f"the cell has {len(value)} characters; the policy maximum is {limits.max_cell_chars}")
+        elif CONTROL.search(value):
+            code = ord(CONTROL.search(value).group())
+            problem(column, f"contains the control character U+{code:04X}; remove it (text, tabs and line breaks are fine)")
+        elif FORMULA.match(value):
+            problem(column, f"{value[:40]!r} looks like a spreadsheet formula; enter the text itself "
+                            "(a leading apostrophe in the spreadsheet keeps it text)")
+    if problems:
+        return None, problems
 
     prompt = cells.get("prompt", "")
     if not prompt:

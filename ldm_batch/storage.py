@@ -8,6 +8,8 @@ sha256 counts as stored.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import boto3
@@ -100,13 +102,14 @@ class ObjectStore:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
-def read_source(uri: str, settings: Settings) -> tuple[str, bytes]:
-    """The name and bytes of a local file or an s3://bucket/key object."""
-    from pathlib import Path
-
+def read_source(uri: str, settings: Settings, check_size: Callable[[str, int], None]) -> tuple[str, bytes]:
+    """The name and bytes of a local file or an s3://bucket/key object; `check_size(name,
+    size)` sees the size first and may refuse it before anything is read."""
     if uri.startswith("s3://"):
         bucket, _, key = uri.removeprefix("s3://").partition("/")
-        body = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
-        return key.rsplit("/", 1)[-1], body
+        name, client = key.rsplit("/", 1)[-1], s3_client(settings)
+        check_size(name, client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        return name, client.get_object(Bucket=bucket, Key=key)["Body"].read()
     path = Path(uri)
+    check_size(path.name, path.stat().st_size)
     return path.name, path.read_bytes()

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy import create_engine, event, or_, select
+from sqlalchemy import create_engine, event, insert, or_, select
 from sqlalchemy.orm import Session
 
 from ldm_batch.audit.tables import ChainHead, LoraUse, Record, Review, Run
 
 GENESIS = "0" * 64
 MIGRATIONS = Path(__file__).parent / "migrations"
-Decision = Literal["delivered", "quarantined", "blocked", "held", "approved", "rejected"]
+Decision = Literal["delivered", "quarantined", "blocked", "held", "skipped", "approved", "rejected"]
 
 
 class AuditRecord(BaseModel):
@@ -143,7 +143,7 @@ class AuditLog:
         """Append records in one transaction; returns their sequence numbers."""
         with Session(self.engine) as session, session.begin():
             head = session.execute(select(ChainHead).where(ChainHead.id == 1).with_for_update()).scalar_one()
-            seqs = []
+            seqs, lora_uses, reviews = [], [], []
             for record in records:
                 payload = record.model_dump(mode="json")
                 payload_json = canonical(payload)
@@ -154,10 +154,15 @@ class AuditLog:
                     created_at=datetime.fromisoformat(record.created_at),
                     model_license=(record.model_license or {}).get("id"),
                     **{name: payload[name] for name in INDEXED}))
-                session.flush()  # the record row first: the rows below refer to it
-                session.add_all(normalised_rows(seq, payload))
+                uses, decisions = normalised_rows(seq, payload)
+                lora_uses += uses
+                reviews += decisions
                 head.seq, head.hash = seq, digest
                 seqs.append(seq)
+            session.flush()  # the records first: the normalised rows refer to them
+            for table, rows in ((LoraUse, lora_uses), (Review, reviews)):
+                if rows:
+                    session.execute(insert(table), rows)
             return seqs
 
     def image_record(self, image_key: str) -> AuditRecord | None:
@@ -215,8 +220,9 @@ class AuditLog:
         expected_prev, expected_seq, count = GENESIS, 1, 0
         with Session(self.engine) as session:
             copies: dict[int, list[tuple]] = {}
-            for row in [*session.scalars(select(LoraUse)), *session.scalars(select(Review))]:
-                copies.setdefault(row.record_seq, []).append(_comparable(row))
+            for table, columns in ((LoraUse, LORA_USE_COLUMNS), (Review, REVIEW_COLUMNS)):
+                for row in session.execute(select(*(getattr(table, c) for c in columns))):
+                    copies.setdefault(row[0], []).append(tuple(row))
             for r in session.scalars(select(Record).order_by(Record.seq)).yield_per(1000):
                 count += 1
                 if r.seq != expected_seq:
@@ -229,8 +235,10 @@ class AuditLog:
                 for name in INDEXED:
                     if getattr(r, name) != payload.get(name):
                         problems.append(f"record {r.seq}: column {name} differs from the hashed record")
-                expected = sorted(_comparable(row) for row in normalised_rows(r.seq, payload))
-                if sorted(copies.pop(r.seq, [])) != expected:
+                uses, decisions = normalised_rows(r.seq, payload)
+                expected = [tuple(u[c] for c in LORA_USE_COLUMNS) for u in uses] + \
+                           [tuple(d[c] for c in REVIEW_COLUMNS) for d in decisions]
+                if sorted(copies.pop(r.seq, []), key=repr) != sorted(expected, key=repr):
                     problems.append(f"record {r.seq}: its LoRA-use or review rows differ from the hashed record")
                 expected_prev, expected_seq = r.record_hash, r.seq + 1
             problems += [f"LoRA-use or review rows name record {seq}, which does not exist" for seq in copies]
@@ -240,24 +248,23 @@ class AuditLog:
         return VerifyReport(ok=not problems, records=count, problems=problems)
 
 
-def normalised_rows(seq: int, payload: dict) -> list[LoraUse | Review]:
+# The normalised copies' columns that verify compares with the hashed payload.
+LORA_USE_COLUMNS = ("record_seq", "lora_id", "scale", "sha256", "license_id", "commercial_use")
+REVIEW_COLUMNS = ("record_seq", "image_key", "reviewer", "decision", "reason")
+
+
+def normalised_rows(seq: int, payload: dict) -> tuple[list[dict], list[dict]]:
     """The `lora_uses` and `reviews` rows that copy a record's payload."""
     if payload["kind"] == "review":
-        return [Review(record_seq=seq, image_key=payload["image_key"], reviewer=payload["reviewer"],
-                       decision=payload["decision"], reason="; ".join(payload["reasons"]),
-                       created_at=datetime.fromisoformat(payload["created_at"]))]
+        return [], [{"record_seq": seq, "image_key": payload["image_key"], "reviewer": payload["reviewer"],
+                     "decision": payload["decision"], "reason": "; ".join(payload["reasons"]),
+                     "created_at": datetime.fromisoformat(payload["created_at"])}]
     if payload["kind"] == "image":
-        return [LoraUse(record_seq=seq, lora_id=lora["id"], scale=lora["scale"], sha256=lora.get("sha256"),
-                        license_id=(lora.get("license") or {}).get("id"),
-                        commercial_use=(lora.get("license") or {}).get("commercial_use"))
-                for lora in payload.get("loras", [])]
-    return []
-
-
-def _comparable(row: LoraUse | Review) -> tuple:
-    if isinstance(row, Review):
-        return ("review", row.record_seq, row.image_key, row.reviewer, row.decision, row.reason)
-    return ("lora", row.record_seq, row.lora_id, row.scale, row.sha256, row.license_id, row.commercial_use)
+        return [{"record_seq": seq, "lora_id": lora["id"], "scale": lora["scale"], "sha256": lora.get("sha256"),
+                 "license_id": (lora.get("license") or {}).get("id"),
+                 "commercial_use": (lora.get("license") or {}).get("commercial_use")}
+                for lora in payload.get("loras", [])], []
+    return [], []
 
 
 def verify_objects(log: AuditLog, store) -> list[str]:
