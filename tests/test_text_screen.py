@@ -135,6 +135,7 @@ def test_a_hugging_face_sequence_classifier_can_replace_the_head(tmp_path):
     policies_dir = tmp_path / "policies"
     shutil.copytree(REPO / "policies", policies_dir)
     catalog = yaml.safe_load((policies_dir / "models.yaml").read_text())
+    catalog["local_weights_roots"] = [str(model_dir)]  # local weights must lie under an allowed folder
     catalog["models"].append({"id": "tiny-moderation", "kind": "text", "source": str(model_dir),
                               "license": {"id": "Apache-2.0", "commercial_use": True}})
     (policies_dir / "models.yaml").write_text(yaml.safe_dump(catalog))
