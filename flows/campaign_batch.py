@@ -22,6 +22,7 @@ from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, check_weights
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.licenses import LicenseRefused, Use, license_problems
 from ldm_batch.plan import Batch, group_batches, plan_row
+from ldm_batch.reproduce import restore_object
 from ldm_batch.safety.text import PromptVerdict
 from ldm_batch.sheets import PromptRow, Sheet, check_size, read_sheet, sheet_stem
 from ldm_batch.storage import read_source
@@ -89,8 +90,12 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
                       if (problem := workers.marker.size_problem(job.settings.width, job.settings.height))}
         if unmarkable:
             raise ValueError("; ".join(f"row {row}: {problem}" for row, problem in unmarkable.items()))
-        batches = [batch for batch in group_batches(jobs, settings.batch_size)
-                   if not all(is_stored(job, workers) for job in batch.jobs)]
+        missing = [job for job in jobs if not is_stored(job, workers)]
+        lost = [record for job in missing if (record := workers.audit.image_record(job.key)) is not None]
+        for record in lost:  # audited, but the object is gone and not in the spool
+            restore_object(record, workers)
+        lost_keys = {record.image_key for record in lost}
+        batches = group_batches([job for job in missing if job.key not in lost_keys], settings.batch_size)
         progress.report("planned", sum(len(batch.jobs) for batch in batches))
         futures = generate_batch.map(
             batches, unmapped(run), unmapped({r.row: v for r, v in zip(parsed.rows, verdicts)}),
@@ -103,11 +108,11 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
                      for row, v in refused],
             images=len(jobs),
             images_generated=sum(o.generated for o in outcomes),
-            images_reused=len(jobs) - sum(len(b.jobs) for b in batches) + sum(o.reused for o in outcomes),
+            images_reused=len(jobs) - len(missing) + sum(o.reused for o in outcomes),
             images_delivered=sum(o.delivered for o in outcomes),
             images_blocked=sum(o.quarantined + o.discarded for o in outcomes),
-            images_repaired=sum(o.repaired for o in outcomes),
-            images_stored=sum(o.delivered + o.quarantined + o.repaired for o in outcomes),
+            images_repaired=len(lost) + sum(o.repaired for o in outcomes),
+            images_stored=len(lost) + sum(o.delivered + o.quarantined + o.repaired for o in outcomes),
             cost=round(sum(o.cost for o in outcomes), 8), currency=workers.policies.costs.currency,
             bucket=settings.s3_bucket, s3_keys=[key for o in outcomes for key in o.s3_keys],
         )

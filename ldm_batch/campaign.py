@@ -77,7 +77,7 @@ class Workers:
 
     @classmethod
     def get(cls, settings: Settings) -> Workers:
-        key = settings.model_dump_json()
+        key = settings.identity()
         with cls._lock:
             if key not in cls._cache:
                 cls._cache[key] = Workers(settings)
@@ -159,9 +159,9 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
     """Generate, screen, encode, audit and store one batch of images; `on_image(n)` hears
     that n more images are done (for progress bars).
 
-    The whole batch is generated even when some of its images are stored already: images
-    are reproducible only at a fixed batch composition, and a lost object must be put back
-    with exactly the bytes its audit record names.
+    The flow plans batches of images that have no record yet; an image that got one
+    meanwhile (another worker on the same sheet) is left as it is, or its object put back
+    from the spool or from these bytes when they match the record.
     """
     policies = workers.policies
     generated = workers.generator.generate(batch)

@@ -16,7 +16,7 @@ class Settings(BaseSettings):
 
     home: Path = Path(".ldm_batch")
     policies_dir: Path = REPO_POLICIES
-    database_url: str | None = None
+    database_url: SecretStr | None = None  # may hold a password: kept out of reprs and logs
     # No endpoint means the embedded SeaweedFS under `home`, started by the CLI.
     s3_endpoint_url: str | None = None
     s3_access_key_id: str | None = None
@@ -35,7 +35,14 @@ class Settings(BaseSettings):
 
     @property
     def audit_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.home / 'audit.db').resolve()}"
+        if self.database_url:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.home / 'audit.db').resolve()}"
+
+    def identity(self) -> str:
+        """All values, secrets included, as one string: a cache key that never leaves the process."""
+        return repr([(name, value.get_secret_value() if isinstance(value, SecretStr) else value)
+                     for name, value in self])
 
 
 def load_settings(config_file: Path | None = None, **overrides) -> Settings:

@@ -23,3 +23,4 @@ def configure_prefect(home: Path) -> None:
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level

@@ -11,7 +11,8 @@ import hashlib
 
 from pydantic import BaseModel
 
-from ldm_batch.campaign import Workers, encode
+from ldm_batch.audit import AuditRecord
+from ldm_batch.campaign import Workers, encode, store_image
 from ldm_batch.plan import Batch, GenerationSettings, ImageJob, LoraUse
 from ldm_batch.provenance import pixels_sha256
 
@@ -36,7 +37,9 @@ def job_from_record(record: dict) -> ImageJob:
                     key=record["image_key"])
 
 
-def reproduce(record: dict, workers: Workers) -> Reproduction:
+def regenerate(record: dict, workers: Workers) -> tuple[bytes, list[str]]:
+    """The image of an audit record made again, in its recorded batch, and notes on anything
+    that may keep it from matching."""
     members: dict[str, dict] = {}
     for member in workers.audit.query(batch_id=record["batch_id"], kind="image"):
         members.setdefault(member["image_key"], member)
@@ -50,9 +53,23 @@ def reproduce(record: dict, workers: Workers) -> Reproduction:
         notes.append("the catalog's weights for this model have changed since the image was made")
     batch = Batch(settings=job_from_record(record).settings, jobs=[job_from_record(r) for r in ordered])
     generated = {g.job.key: g for g in workers.generator.generate(batch)}[record["image_key"]]
-    png = encode(generated, workers.marker)
+    return encode(generated, workers.marker), notes
+
+
+def reproduce(record: dict, workers: Workers) -> Reproduction:
+    png, notes = regenerate(record, workers)
     digest = hashlib.sha256(png).hexdigest()
     return Reproduction(image_key=record["image_key"], identical=digest == record["image_sha256"],
                         pixels_identical=pixels_sha256(png) == record.get("pixels_sha256"),
                         recorded_sha256=record["image_sha256"], reproduced_sha256=digest,
-                        batch_size=len(ordered), notes=notes)
+                        batch_size=record["batch_size"], notes=notes)
+
+
+def restore_object(record: AuditRecord, workers: Workers) -> None:
+    """Put back the object of an audited image that was lost (and is not in the spool):
+    regenerated in its recorded batch, stored only if it has the audited sha256."""
+    png, notes = regenerate(record.model_dump(mode="json"), workers)
+    if hashlib.sha256(png).hexdigest() != record.image_sha256:
+        raise RuntimeError(f"{record.image_key}: its object is lost and a regeneration differs from the audited "
+                           f"sha256 ({'; '.join(notes) or 'C2PA signatures differ on every signing'}); not stored")
+    store_image(workers, record, png)

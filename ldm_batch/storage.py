@@ -55,7 +55,11 @@ class ObjectStore:
         except ClientError as exc:
             if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
                 raise
-            self.client.create_bucket(Bucket=self.bucket)
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:  # another run created it meanwhile
+                if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
     def object_key(self, placement: Placement, image_key: str) -> str:
         return self.prefixes[placement] + image_key

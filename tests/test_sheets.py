@@ -81,4 +81,4 @@ def test_bad_sheet_run_from_the_shell_has_no_traceback_and_generates_nothing(set
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "row 1, column 'seed'" in result.stderr
-    assert not Path(settings.database_url.removeprefix("sqlite:///")).exists()  # nothing was run
+    assert not Path(settings.audit_url.removeprefix("sqlite:///")).exists()  # nothing was run

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 from sqlalchemy import create_engine, event, insert, or_, select
+from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from ldm_batch.audit.tables import ChainHead, LoraUse, Record, Review, Run
@@ -117,6 +118,8 @@ class AuditLog:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.connect() as connection:
+            if connection.dialect.name == "postgresql":  # several workers starting at once: one migrates
+                connection.execute(sql("SELECT pg_advisory_xact_lock(7254101)"))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
