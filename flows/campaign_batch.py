@@ -13,13 +13,14 @@ import uuid
 from functools import partial
 
 from prefect import flow, task, unmapped
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ldm_batch import progress
 from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, check_weights, is_stored, process_batch,
                                 row_record, skipped_record, upload_spooled)
 from ldm_batch.config import Settings, load_settings
+from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
 from ldm_batch.licenses import LicenseRefused, Use, license_problems
 from ldm_batch.plan import Batch, group_batches, plan_row
 from ldm_batch.reproduce import restore_object
@@ -45,6 +46,15 @@ def screen_text(sheet: Sheet, settings: Settings) -> list[PromptVerdict]:
 def generate_batch(batch: Batch, run: RunContext, verdicts: dict[int, PromptVerdict],
                    rows: dict[int, PromptRow], settings: Settings) -> BatchOutcome:
     return process_batch(batch, run, verdicts, rows, Workers.get(settings), on_image=lambda n: progress.report("image", n))
+
+
+def write_contact_sheet(run: RunContext, workers: Workers, settings: Settings) -> str:
+    """The run's contact sheet, stored under the reports prefix; returns its s3:// URI."""
+    records = workers.audit.query(run_id=run.run_id, kind="image")
+    tiles = [(r, workers.store.get(r["s3_key"]) if r["s3_key"] else None) for r in records[:MAX_IMAGES]]
+    key = workers.store.put_report(f"{settings.reports_prefix}{run.campaign}/{run.run_id}/contact-sheet.png",
+                                   contact_sheet(tiles))
+    return f"s3://{workers.store.bucket}/{key}"
 
 
 def refuse_unlicensed(jobs: list, sheet: Sheet, verdicts: list[PromptVerdict], run: RunContext,
@@ -123,7 +133,10 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
         workers.audit.finish_run(run.run_id, "failed", {**summary, "errors": [{"row": None, "column": None,
                                                                                "message": str(exc)}]})
         raise
+    summary["contact_sheet"] = write_contact_sheet(run, workers, settings)
     workers.audit.finish_run(run.run_id, "finished", summary)
+    create_markdown_artifact(key="campaign-contact-sheet", description=f"Contact sheet of run {run.run_id}",
+                             markdown=f"Contact sheet: `{summary['contact_sheet']}` (`ldm-batch console` shows it)")
     create_table_artifact(
         key="campaign-run", description=f"Campaign {run.campaign}, run {run.run_id}",
         table=[{"asset_id": r["asset_id"], "row": r["sheet_row"], "decision": r["decision"],

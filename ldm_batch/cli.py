@@ -34,11 +34,13 @@ audit_app = typer.Typer(help="Query and verify the audit log.", no_args_is_help=
 store_app = typer.Typer(help="Look at the object store.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure the safety screens on labelled data.", no_args_is_help=True)
 review_app = typer.Typer(help="Review quarantined images: list, show, approve, reject.", no_args_is_help=True)
+reviewer_app = typer.Typer(help="Reviewer accounts of the console.", no_args_is_help=True)
 app.add_typer(screen_app, name="screen")
 app.add_typer(audit_app, name="audit")
 app.add_typer(store_app, name="store")
 app.add_typer(eval_app, name="eval")
 app.add_typer(review_app, name="review")
+app.add_typer(reviewer_app, name="reviewer")
 
 
 class Use(str, Enum):
@@ -425,7 +427,7 @@ def audit_query(
     config: ConfigOption = None,
 ) -> None:
     """Records of the audit log, filtered."""
-    import pandas as pd
+    from ldm_batch.audit.export import export_bytes
 
     records = _audit_log(config).query(run_id=run_id, campaign=campaign, asset_id=asset_id, decision=decision,
                                        model_id=model, kind=kind, brand=brand, license=license,
@@ -441,17 +443,11 @@ def audit_query(
                           f"{r['cost']:.8f}" if r["cost"] is not None else "", r["s3_key"] or "")
         Console(file=out_file.open("w") if out_file else None, width=200).print(table)
         return
-    frame = pd.json_normalize(records, max_level=0)
-    for column in frame.columns:  # nested values (verdicts, licenses, LoRAs) as JSON text
-        if frame[column].map(lambda v: isinstance(v, dict | list)).any():
-            frame[column] = frame[column].map(json.dumps)
-    if format is Format.json:
-        lines = "".join(json.dumps(r) + "\n" for r in records)  # JSON Lines: nothing for no records
-        out_file.write_text(lines) if out_file else print(lines, end="")
-    elif format is Format.csv:
-        _defuse_formulas(frame).to_csv(out_file or sys.stdout, index=False)
+    data = export_bytes(records, format.value)
+    if out_file:
+        out_file.write_bytes(data)
     else:
-        frame.to_parquet(out_file, index=False)
+        sys.stdout.write(data.decode())
 
 
 def _image_records(log, settings: Settings, image: str) -> list[dict]:
@@ -469,36 +465,17 @@ def _image_records(log, settings: Settings, image: str) -> list[dict]:
 def audit_explain(image: Annotated[str, typer.Argument(help="Image key, S3 key or sha256")],
                   config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The full lineage of one image: run, sheet row, screens, model, licenses, storage, reviews."""
+    from ldm_batch.audit.lineage import lineage, lineage_rows
+
     settings = _settings(config)
     log = _audit_log(config)
-    records = _image_records(log, settings, image)
-    first = records[0]
-    run = next((r for r in log.runs() if r["run_id"] == first["run_id"]), None)
-    lineage = {"image": first, "run": run, "later_records": records[1:]}
+    found = lineage(log, _image_records(log, settings, image))
     if as_json:
-        print(json.dumps(lineage))
+        print(json.dumps(found))
         return
-    table = Table(show_header=False, title=f"image {first['image_key']}")
-    rows = [
-        ("run", f"{first['run_id']} ({run['status'] if run else '?'}), campaign {first['campaign']}, use {first['use']}"),
-        ("sheet", f"{first['sheet']} row {first['sheet_row']}, asset {first['asset_id']} v{first['variant']}"),
-        ("prompt", first["prompt"]), ("negative prompt", first["negative_prompt"] or "-"),
-        ("text screen", f"{first['text_verdict']['decision']} by {first['text_verdict']['screen']}"),
-        ("model", f"{first['model_id']} rev {first['model_revision']} sha256 {first['model_sha256']}"),
-        ("model license", f"{first['model_license']['id']} (commercial use: {first['model_license']['commercial_use']})"),
-        ("LoRAs", ", ".join(f"{l['id']} x{l['scale']} ({l['license']['id']})" for l in first["loras"]) or "-"),
-        ("settings", f"{first['width']}x{first['height']}, {first['steps']} steps, guidance {first['guidance']}, "
-                     f"{first['scheduler']}, seed {first['seed']}, batch {first['batch_index'] + 1}/{first['batch_size']}"),
-        ("device, cost", f"{first['device']}, {first['generation_seconds']} s, {first['cost']} {first['currency']}"),
-        ("image screen", f"{first['image_verdict']['decision']} by {first['image_verdict']['screen']}: "
-                         + ("; ".join(first["reasons"]) or "nothing fired")),
-        ("stored", f"s3://{first['s3_bucket']}/{first['s3_key']} sha256 {first['image_sha256']}"),
-        ("decision", first["decision"]), ("audit record", f"#{first['seq']} hash {first['record_hash']}"),
-    ]
-    for name, value in rows:
+    table = Table(show_header=False, title=f"image {found['image']['image_key']}")
+    for name, value in lineage_rows(found):
         table.add_row(name, str(value))
-    for later in records[1:]:
-        table.add_row(f"record #{later['seq']}", f"{later['decision']}: {'; '.join(later['reasons'])}")
     out.print(table)
 
 
@@ -528,14 +505,6 @@ def audit_reproduce(image: Annotated[str, typer.Argument(help="Image key, S3 key
 
 def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
-def _defuse_formulas(frame):
-    """Text cells a spreadsheet would run as formulas get a leading apostrophe (OWASP CSV injection)."""
-    def defuse(value):
-        return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-    return frame.map(defuse)
 
 
 @audit_app.command("verify")
@@ -649,3 +618,38 @@ def store_export(destination: Annotated[Path, typer.Argument(help="Folder to cop
 
 def main() -> None:  # pragma: no cover - the console script calls `app`
     app()
+
+
+# -- console -----------------------------------------------------------------------------
+@app.command()
+def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless behind a proxy")] = "127.0.0.1",
+            port: Annotated[int, typer.Option(help="Port")] = 8765, config: ConfigOption = None) -> None:
+    """Serve the reviewer console (runs, images, lineage, review queue, export)."""
+    import uvicorn
+
+    from ldm_batch.console.app import create_app
+    from ldm_batch.console.reviewers import Reviewers
+
+    settings = _settings(config)
+    if not Reviewers(settings.home / "reviewers.json").names():
+        fail("no reviewers yet; add one with `ldm-batch reviewer add NAME`", 2)
+    with object_store(settings) as settings:
+        out.print(f"console on http://{host}:{port}/ (Ctrl-C stops it)")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@reviewer_app.command("add")
+def reviewer_add(name: Annotated[str, typer.Argument(help="The reviewer's name, as audit records will show it")],
+                 password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+                 config: ConfigOption = None) -> None:
+    """Add a reviewer (or set a new password); only a hash of the password is stored."""
+    from ldm_batch.console.reviewers import Reviewers
+
+    settings = _settings(config)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt(
+        "Password", hide_input=True, confirmation_prompt=True)
+    try:
+        Reviewers(settings.home / "reviewers.json").add(name, password)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    out.print(f"reviewer {name} can sign in to the console")

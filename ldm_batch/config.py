@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     s3_bucket: str = "ldm-batch"
     delivery_prefix: str = "delivery/"
     quarantine_prefix: str = "quarantine/"
+    reports_prefix: str = "reports/"  # run contact sheets
     device: str = "auto"
     batch_size: int = 4
     embedded_s3_port: int = 18333

@@ -39,7 +39,8 @@ def s3_client(settings: Settings):
     return boto3.client(
         "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
         aws_access_key_id=settings.s3_access_key_id, aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+                      signature_version="s3v4"),
     )
 
 
@@ -89,6 +90,16 @@ class ObjectStore:
             raise StorageError(f"s3://{self.bucket}/{source_key} does not hold the audited content")
         metadata = (self.head(source_key) or {}).get("Metadata", {})
         return self.put_image(target, image_key, data, {"run-id": metadata.get("run-id", "")})
+
+    def presigned_url(self, key: str, expires_seconds: int = 300) -> str:
+        """A short-lived GET link to one object (objects are never public)."""
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                  ExpiresIn=expires_seconds)
+
+    def put_report(self, key: str, data: bytes, content_type: str = "image/png") -> str:
+        """Store a run report (contact sheet) under the reports prefix; returns its key."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        return key
 
     def head(self, key: str) -> dict | None:
         try:

@@ -47,10 +47,10 @@ def process_env(tmp_path: Path, name: str, **overrides) -> dict:
 
 
 def objects_match_records(settings: Settings, records: list[dict]) -> None:
-    """One object per stored image record, holding the recorded bytes, and nothing else."""
+    """One image object per stored image record, holding the recorded bytes, and no other image."""
     store = ObjectStore(settings)
     stored = [r for r in records if r["s3_key"]]
-    assert sorted(store.keys()) == sorted(r["s3_key"] for r in stored)
+    assert sorted(store.keys("delivery/") + store.keys("quarantine/")) == sorted(r["s3_key"] for r in stored)
     for record in stored:
         assert hashlib.sha256(store.get(record["s3_key"])).hexdigest() == record["image_sha256"]
 

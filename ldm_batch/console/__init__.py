@@ -1,0 +1,1 @@
+"""The compliance reviewer console: a small web app over the audit log and the review queue."""

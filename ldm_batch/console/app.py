@@ -1,0 +1,188 @@
+"""The reviewer console: server-rendered pages over the audit log and the review queue.
+
+Every page needs a signed-in reviewer (accounts in `<home>/reviewers.json`, argon2 hashes;
+add one with `ldm-batch reviewer add NAME`). Sessions are signed cookies (HttpOnly,
+SameSite=strict); every form carries the session's CSRF token. Images are shown through
+presigned URLs that expire after five minutes; nothing in the bucket is public. A review
+decision goes through `ldm_batch.review.decide`, exactly as `ldm-batch review` does.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.middleware.sessions import SessionMiddleware
+
+from ldm_batch.audit import AuditLog
+from ldm_batch.audit.export import export_bytes
+from ldm_batch.audit.lineage import lineage, lineage_rows
+from ldm_batch.config import Settings
+from ldm_batch.console.reviewers import Reviewers
+from ldm_batch.review import ReviewError, decide
+from ldm_batch.storage import ObjectStore
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+FILTERS = ("campaign", "brand", "model", "license", "decision", "since", "until", "text")
+LINK_SECONDS = 300
+MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    log, store = AuditLog(settings.audit_url), ObjectStore(settings)
+    log.migrate()
+    reviewers = Reviewers(settings.home / "reviewers.json")
+    app = FastAPI(title="ldm-batch console", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SessionMiddleware, secret_key=_session_key(settings.home), same_site="strict",
+                       max_age=8 * 3600)
+
+    def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, template, {
+            "reviewer": request.session.get("reviewer"), "csrf": _csrf(request), **context}, status_code=status_code)
+
+    def signed_in(request: Request) -> str:
+        name = request.session.get("reviewer")
+        if not name:
+            raise HTTPException(303, headers={"Location": "/login"})
+        return name
+
+    def link(key: str | None) -> str | None:
+        return store.presigned_url(key, LINK_SECONDS) if key else None
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request):
+        return page(request, "login.html")
+
+    @app.post("/login")
+    def login(request: Request, name: str = Form(...), password: str = Form(...), csrf: str = Form("")):
+        _check_csrf(request, csrf)
+        if not reviewers.check(name, password):
+            return page(request, "login.html", 401, error="unknown reviewer or wrong password")
+        request.session.clear()
+        request.session.update(reviewer=name, csrf=secrets.token_urlsafe(32))
+        return RedirectResponse("/", 303)
+
+    @app.post("/logout")
+    def logout(request: Request, csrf: str = Form("")):
+        _check_csrf(request, csrf)
+        request.session.clear()
+        return RedirectResponse("/login", 303)
+
+    @app.get("/", response_class=HTMLResponse)
+    def runs(request: Request):
+        signed_in(request)
+        rows = []
+        for run in reversed(log.runs()):
+            summary = run["summary"]
+            sheet_uri = summary.get("contact_sheet")
+            rows.append({**run, "delivered": summary.get("images_delivered"), "cost": summary.get("cost"),
+                         "blocked": summary.get("images_blocked"), "prompts_refused":
+                         (summary.get("prompts_blocked") or 0) + (summary.get("prompts_held") or 0),
+                         "contact_sheet": link(sheet_uri.split("/", 3)[3]) if sheet_uri else None})
+        return page(request, "runs.html", runs=rows)
+
+    @app.get("/images", response_class=HTMLResponse)
+    def images(request: Request):
+        signed_in(request)
+        chosen = {name: request.query_params.get(name, "").strip() for name in FILTERS}
+        found = _images(log, chosen)
+        tiles = [{**r, "url": link(r["s3_key"])} for r in found]
+        return page(request, "images.html", images=tiles, chosen=chosen, query=request.url.query)
+
+    @app.get("/image", response_class=HTMLResponse)
+    def image(request: Request, key: str):
+        signed_in(request)
+        records = log.query(image_key=key)
+        if not records:
+            raise HTTPException(404, f"no image {key!r} in the audit log")
+        found = lineage(log, records)
+        latest = records[-1]
+        return page(request, "image.html", key=key, rows=lineage_rows(found), url=link(latest["s3_key"]),
+                    pending=latest["decision"] == "quarantined")
+
+    @app.get("/review", response_class=HTMLResponse)
+    def review_queue(request: Request, error: str | None = None):
+        signed_in(request)
+        queue = [{**r.model_dump(), "url": link(r.s3_key)} for r in log.review_queue()]
+        return page(request, "review.html", queue=queue, error=error)
+
+    @app.post("/review")
+    def review(request: Request, key: str = Form(...), decision: str = Form(...), reason: str = Form(""),
+               csrf: str = Form("")):
+        name = signed_in(request)
+        _check_csrf(request, csrf)
+        if decision not in ("approve", "reject"):
+            raise HTTPException(400, "decision must be approve or reject")
+        try:
+            decide(log, store, key, decision == "approve", reason, name)
+        except ReviewError as exc:
+            queue = [{**r.model_dump(), "url": link(r.s3_key)} for r in log.review_queue()]
+            return page(request, "review.html", 400, queue=queue, error=str(exc))
+        return RedirectResponse("/review", 303)
+
+    @app.get("/export")
+    def export(request: Request, fmt: str = "csv"):
+        signed_in(request)
+        if fmt not in MEDIA_TYPES:
+            raise HTTPException(400, "fmt must be csv or parquet")
+        chosen = {name: request.query_params.get(name, "").strip() for name in FILTERS}
+        data = export_bytes(_images(log, chosen), fmt)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return Response(data, media_type=MEDIA_TYPES[fmt],
+                        headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.{fmt}"'})
+
+    return app
+
+
+def _images(log: AuditLog, chosen: dict[str, str]) -> list[dict]:
+    """Image records matching the filters, each with its latest decision and reviewer."""
+    records = log.query(kind="image", campaign=chosen["campaign"] or None, brand=chosen["brand"] or None,
+                        model_id=chosen["model"] or None, license=chosen["license"] or None,
+                        since=_moment(chosen["since"]), until=_moment(chosen["until"]),
+                        text=chosen["text"] or None, limit=500)
+    reviews = {r["image_key"]: r for r in log.query(kind="review", campaign=chosen["campaign"] or None)}
+    found = []
+    for record in records:
+        review = reviews.get(record["image_key"])
+        current = review["decision"] if review else record["decision"]
+        if chosen["decision"] and current != chosen["decision"]:
+            continue
+        found.append({**record, "current": current, "reviewer": review["reviewer"] if review else None})
+    return found
+
+
+def _moment(value: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(400, f"{value!r} is not a date (YYYY-MM-DD)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _csrf(request: Request) -> str:
+    if "csrf" not in request.session:
+        request.session["csrf"] = secrets.token_urlsafe(32)
+    return request.session["csrf"]
+
+
+def _check_csrf(request: Request, token: str) -> None:
+    if not token or not secrets.compare_digest(token, request.session.get("csrf", "")):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
+
+
+def _session_key(home: Path) -> str:
+    """A signing key made once per home (0600), so sessions survive a restart."""
+    path = home / "console.key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
