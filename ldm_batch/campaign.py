@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from ldm_batch.audit import AuditLog, AuditRecord
 from ldm_batch.audit.log import now
-from ldm_batch.catalog import verified_path
+from ldm_batch.catalog import CatalogError, verified_path
 from ldm_batch.config import Settings
 from ldm_batch.cost import image_cost
 from ldm_batch.generate import GeneratedImage, ImageGenerator, resolve_device
@@ -140,6 +140,10 @@ def check_weights(jobs: list[ImageJob], policies: Policies) -> None:
     for job in jobs:
         entries[job.settings.model] = policies.models[job.settings.model]
         entries.update({use.id: loras[use.id] for use in job.settings.loras})
+        for use in job.settings.loras:
+            if loras[use.id].base_model != job.settings.model:
+                raise CatalogError(f"row {job.row}: LoRA {use.id!r} was trained on {loras[use.id].base_model!r}, "
+                                   f"not on {job.settings.model!r}; use that model or another brand")
     for entry in entries.values():
         verified_path(entry.source, getattr(entry, "revision", None), entry.sha256)
 
@@ -193,7 +197,9 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
             model_id=model.id, model_revision=model.revision, model_sha256=image.model_sha256,
             model_license=model.license.model_dump(),
             loras=[{"id": use.id, "scale": use.scale, "sha256": image.lora_sha256[use.id],
-                    "license": loras[use.id].license.model_dump()} for use in batch.settings.loras],
+                    "license": loras[use.id].license.model_dump(), "trigger": loras[use.id].trigger,
+                    "manifest": loras[use.id].manifest, "manifest_sha256": loras[use.id].manifest_sha256}
+                   for use in batch.settings.loras],
             scheduler=image.scheduler, steps=batch.settings.steps, guidance=batch.settings.guidance,
             width=batch.settings.width, height=batch.settings.height, seed=job.seed, variant=job.variant,
             batch_id=batch.id, batch_size=image.batch_size, batch_index=image.batch_index, device=image.device,

@@ -35,12 +35,14 @@ store_app = typer.Typer(help="Look at the object store.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure the safety screens on labelled data.", no_args_is_help=True)
 review_app = typer.Typer(help="Review quarantined images: list, show, approve, reject.", no_args_is_help=True)
 reviewer_app = typer.Typer(help="Reviewer accounts of the console.", no_args_is_help=True)
+brand_app = typer.Typer(help="Brand LoRAs: train and register.", no_args_is_help=True)
 app.add_typer(screen_app, name="screen")
 app.add_typer(audit_app, name="audit")
 app.add_typer(store_app, name="store")
 app.add_typer(eval_app, name="eval")
 app.add_typer(review_app, name="review")
 app.add_typer(reviewer_app, name="reviewer")
+app.add_typer(brand_app, name="brand")
 
 
 class Use(str, Enum):
@@ -653,3 +655,63 @@ def reviewer_add(name: Annotated[str, typer.Argument(help="The reviewer's name, 
     except ValueError as exc:
         fail(str(exc), 2)
     out.print(f"reviewer {name} can sign in to the console")
+
+
+# -- brand -------------------------------------------------------------------------------
+@brand_app.command("train")
+def brand_train(
+    brand: Annotated[str, typer.Argument(help="Brand id (policies/brands/BRAND.yaml is created or updated)")],
+    images: Annotated[Path, typer.Option(help="Folder of the brand's images (PNG, JPEG, WebP)")],
+    license_id: Annotated[str, typer.Option("--license", help="License of the training images, e.g. proprietary")],
+    rights_holder: Annotated[str, typer.Option(help="Who holds the rights to the training images")],
+    commercial_use: Annotated[bool, typer.Option(help="Whether the images' license allows commercial use")] = True,
+    captions: Annotated[Path | None, typer.Option(help="CSV with columns file, caption (else FILE.txt or the file name)")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model id (default: the catalog's default model)")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (default: policies/brand_training.yaml)")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: policies/brand_training.yaml)")] = None,
+    trigger: Annotated[str | None, typer.Option(help="Trigger word put before every prompt of the brand")] = None,
+    config: ConfigOption = None, as_json: JsonOption = False,
+) -> None:
+    """Train a brand LoRA on the base model's UNet and register it with its manifest."""
+    from ldm_batch.brand_training import BrandTrainingError, train_brand
+    from ldm_batch.generate import resolve_device
+    from ldm_batch.policies import License
+    from ldm_batch.safety.text import TextScreen
+
+    settings = _settings(config)
+    if not SAFE_NAME.match(brand):
+        fail(f"brand {brand!r}: use 1-128 letters, digits, '.', '_' or '-'", 2, as_json)
+    if not images.is_dir():
+        fail(f"--images {images}: not a folder", 2, as_json)
+    try:
+        policies = load_policies(settings.policies_dir)
+    except PolicyError as exc:
+        fail(str(exc), 2, as_json)
+    base = base or policies.default_model
+    if base not in policies.models or policies.models[base].kind != "diffusion":
+        fail(f"--base {base!r} is not a diffusion model in models.yaml", 2, as_json)
+    total = steps or policies.brand_training.steps
+    columns = (TextColumn("training {task.fields[brand]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task("train", total=total, brand=brand, loss="-")
+        try:
+            manifest = train_brand(
+                policies, settings.policies_dir, TextScreen(policies, settings.policies_dir), brand, images,
+                captions, base, rank, steps, trigger,
+                License(id=license_id, commercial_use=commercial_use), rights_holder,
+                resolve_device(settings.device),
+                on_step=lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.4f}"))
+        except BrandTrainingError as exc:
+            if as_json:
+                print(json.dumps({"error": "training images", "errors": exc.problems}))
+            err.print("[red]cannot train[/red]:")
+            for problem in exc.problems:
+                err.print(f"  {problem}", highlight=False)
+            raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({k: v for k, v in manifest.items() if k != "training_images"}
+                         | {"training_images": len(manifest["training_images"])}))
+    else:
+        out.print(f"[green]trained[/green] {manifest['lora_id']} on {len(manifest['training_images'])} images, "
+                  f"loss {manifest['final_loss']}; registered in {settings.policies_dir / 'brands' / (brand + '.yaml')}")

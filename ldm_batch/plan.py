@@ -87,16 +87,18 @@ def plan_row(row: PromptRow, campaign: str, policies: Policies) -> list[ImageJob
         guidance=row.guidance if row.guidance is not None else defaults.guidance,
     )
     campaign = row.campaign or campaign
+    # a brand LoRA trained with a trigger word hears it in front of every prompt of the brand
+    prompt = " ".join([lora.trigger for lora in (brand.loras if brand else []) if lora.trigger] + [row.prompt])
     jobs = []
     for variant in range(row.variants):
         seed = derive_seed(row, variant)
-        spec = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, "seed": seed,
+        spec = {"prompt": prompt, "negative_prompt": row.negative_prompt, "seed": seed,
                 "settings": settings.model_dump(mode="json"),
                 "weights": policies.models[model_id].sha256,
                 "loras": [lora.sha256 for lora in (brand.loras if brand else [])]}
         key = f"{campaign}/{row.asset_id}/{row.asset_id}-v{variant + 1}-{_digest(spec)[:16]}.png"
         jobs.append(ImageJob(row=row.row, asset_id=row.asset_id, variant=variant + 1, campaign=campaign,
-                             brand=row.brand, prompt=row.prompt, negative_prompt=row.negative_prompt,
+                             brand=row.brand, prompt=prompt, negative_prompt=row.negative_prompt,
                              settings=settings, seed=seed, key=key))
     return jobs
 

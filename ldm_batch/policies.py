@@ -124,6 +124,20 @@ class LoraEntry(Strict):
     scale: float = 1.0
     base_model: str
     license: License
+    trigger: str | None = Field(None, description="word put before every prompt of the brand")
+    manifest: str | None = Field(None, description="training manifest (ldm-batch brand train)")
+    manifest_sha256: str | None = None
+
+
+class BrandTrainingPolicy(Strict):
+    min_images: int = Field(20, ge=1)
+    max_images: int = 5000
+    min_size: int = 32
+    rank: int = 8
+    steps: int = 300
+    learning_rate: float = 2e-3
+    batch_size: int = 32
+    checkpoint_every: int = 50
 
 
 class Brand(Strict):
@@ -147,6 +161,7 @@ class Policies(Strict):
     brands: dict[str, Brand]
     costs: CostRates
     provenance: ProvenancePolicy
+    brand_training: BrandTrainingPolicy
 
 
 class PolicyError(Exception):
@@ -189,7 +204,10 @@ def _confine(entry, directory: Path, roots: list[Path], path: Path):
     if not any(source.is_relative_to(root) for root in roots):
         raise PolicyError(f"{path}: {entry.id!r} source {entry.source!r} lies outside the allowed weights "
                           f"folders ({', '.join(map(str, roots)) or 'none'}; see local_weights_roots in models.yaml)")
-    return entry.model_copy(update={"source": str(source)})
+    update = {"source": str(source)}
+    if getattr(entry, "manifest", None):
+        update["manifest"] = str((directory / entry.manifest).resolve())
+    return entry.model_copy(update=update)
 
 
 def load_policies(directory: Path) -> Policies:
@@ -217,6 +235,8 @@ def load_policies(directory: Path) -> Policies:
         brands=brands,
         costs=_parse(CostRates, directory / "costs.yaml", _load_yaml(directory / "costs.yaml")),
         provenance=_parse(ProvenancePolicy, directory / "provenance.yaml", _load_yaml(directory / "provenance.yaml")),
+        brand_training=_parse(BrandTrainingPolicy, directory / "brand_training.yaml",
+                              _load_yaml(directory / "brand_training.yaml")),
     )
     classifier = policies.text_safety.classifier
     named = [policies.default_model, policies.image_safety.screen_model]

@@ -24,6 +24,8 @@ def lineage_rows(found: dict) -> list[tuple[str, str]]:
         ("model", f"{first['model_id']} rev {first['model_revision']} sha256 {first['model_sha256']}"),
         ("model license", f"{licence.get('id')} (commercial use: {licence.get('commercial_use')})"),
         ("LoRAs", ", ".join(f"{l['id']} x{l['scale']} ({l['license']['id']})" for l in first["loras"]) or "-"),
+        *[(f"LoRA {l['id']} training", f"manifest {l['manifest']} sha256 {l.get('manifest_sha256')}")
+          for l in first["loras"] if l.get("manifest")],
         ("settings", f"{first['width']}x{first['height']}, {first['steps']} steps, guidance {first['guidance']}, "
                      f"{first['scheduler']}, seed {first['seed']}, batch {first['batch_index'] + 1}/{first['batch_size']}"),
         ("device, cost", f"{first['device']}, {first['generation_seconds']} s, {first['cost']} {first['currency']}"),
