@@ -112,6 +112,10 @@ class ObjectStore:
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
+    def image_keys(self) -> list[str]:
+        """Keys of all delivered and quarantined images (not the run reports)."""
+        return self.keys(self.prefixes["delivery"]) + self.keys(self.prefixes["quarantine"])
+
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]

@@ -167,7 +167,7 @@ def test_bad_lora_weights_refuse_the_run_before_generation(case, prefect_harness
     result = cli("run", sheet, "--campaign", "weights", "--json")
     assert result.exit_code == 2, result.output
     assert WEIGHTS[case] in report_of(result)["error"]
-    assert ObjectStore(settings).keys() == []
+    assert ObjectStore(settings).image_keys() == []
     assert AuditLog(settings.audit_url).query(kind="image") == []
 
 
@@ -209,7 +209,7 @@ def test_skip_invalid_rows_runs_the_valid_ones_and_audits_the_rest(prefect_harne
     summary = report_of(result)
     assert [(s["row"], s["column"]) for s in summary["skipped"]] == [(2, "asset_id"), (4, "prompt")]
     assert summary["rows"] == 2 and summary["images_delivered"] == 2
-    assert len(ObjectStore(settings).keys()) == 2
+    assert len(ObjectStore(settings).image_keys()) == 2
     records = AuditLog(settings.audit_url).query(campaign="mixed")
     assert sorted((r["sheet_row"], r["decision"]) for r in records) == [
         (1, "delivered"), (2, "skipped"), (3, "delivered"), (4, "skipped")]

@@ -103,3 +103,27 @@ def test_a_lora_trained_on_another_base_model_is_refused(prefect_harness, settin
     result = cli("run", sheet, "--campaign", "base", "--json")
     assert result.exit_code == 2
     assert "trained on 'sd-1.5', not on 'demo-tiny-sd'" in json.loads(result.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint(policies_copy, tmp_path):
+    from ldm_batch.brand_training import collect_images, load_base, train_lora
+    from ldm_batch.safety.text import TextScreen
+
+    policies = load_policies(policies_copy)
+    policy = policies.brand_training.model_copy(update={"min_images": 4, "checkpoint_every": 4, "batch_size": 4})
+    brand_images(tmp_path / "images", 6)
+    images = collect_images(tmp_path / "images", None, policy, TextScreen(policies, policies_copy), "initech")
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def stop_at_step_6(step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(load_base(policies, "demo-tiny-sd", "cpu")[0], images, None, 4, 10, 32, policy, checkpoint,
+                   stop_at_step_6)
+    assert checkpoint.exists()  # written at step 4
+    steps_run = []
+    losses = train_lora(load_base(policies, "demo-tiny-sd", "cpu")[0], images, None, 4, 10, 32, policy, checkpoint,
+                        lambda step, loss: steps_run.append(step))
+    assert steps_run == [5, 6, 7, 8, 9, 10] and len(losses) == 10

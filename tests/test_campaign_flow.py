@@ -8,8 +8,10 @@ row and image, with the objects' sha256 equal to the audit log's.
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
+from PIL import Image
 
 from conftest import REPO
 from ldm_batch.audit import AuditLog
@@ -57,8 +59,11 @@ def assert_campaign_small_stored_and_audited(summary: dict, settings: Settings) 
     assert [lora["id"] for lora in by_asset["spring-01"]["loras"]] == ["acme-style"]
     assert [lora["id"] for lora in by_asset["spring-03"]["loras"]] == ["globex-style"]
     assert by_asset["spring-05"]["loras"] == []
-    assert len(store.keys()) == 5
+    assert len(store.image_keys()) == 5
     assert AuditLog(settings.audit_url).verify().ok
+    sheet_key = summary["contact_sheet"].removeprefix(f"s3://{settings.s3_bucket}/")
+    assert sheet_key == f"reports/spring/{summary['run_id']}/contact-sheet.png"
+    assert Image.open(io.BytesIO(store.get(sheet_key))).size == (8 * 128, 128 + 30)  # 5 tiles, one row
 
 
 def test_campaign_small_on_sqlite(prefect_harness, settings):
@@ -76,11 +81,11 @@ def test_campaign_small_on_postgresql(prefect_harness, settings, postgres_url, m
 
 def test_second_run_of_the_same_sheet_generates_and_stores_nothing(prefect_harness, settings):
     first = run_flow()
-    keys = sorted(ObjectStore(settings).keys())
+    keys = sorted(ObjectStore(settings).image_keys())
     second = run_flow()
     assert second["images_generated"] == 0 and second["images_stored"] == 0
     assert second["images_reused"] == 5
-    assert sorted(ObjectStore(settings).keys()) == keys
+    assert sorted(ObjectStore(settings).image_keys()) == keys
     log = AuditLog(settings.audit_url)
     assert len(log.query(kind="image")) == 5  # no duplicate image records
     assert [r["asset_id"] for r in log.query(run_id=second["run_id"])] == ["spring-04"]  # every row accounted

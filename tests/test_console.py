@@ -86,14 +86,22 @@ def test_reviewer_clears_the_queue_in_a_browser(console, tmp_path):
         assert page.locator("tr.run").count() == 1 and "poster" in page.locator("tr.run").inner_text()
         assert "contact sheet" in page.locator("tr.run").inner_text()
 
-        # which images of campaign poster used a non-commercial license?
-        page.goto(f"{console}/images?campaign=poster&license=CC-BY-NC-4.0")
+        # which images of campaign poster used a model or LoRA not licensed for commercial use?
+        page.goto(f"{console}/images")
+        page.fill("input[name=campaign]", "poster")
+        page.select_option("select[name=commercial]", "no")
+        page.click("button:has-text('Filter')")
+        page.wait_for_url("**commercial=no**")
         tiles = page.locator(".tile")
         assert tiles.count() == 2
         assert "X-Amz-Expires=300" in tiles.first.locator("img").get_attribute("src")
-        page.click(".tile:has-text('aid-1') a")
+        assert "LoRA acme-style (CC-BY-NC-4.0)" in tiles.first.inner_text()
+        page.click(".tile:has-text('aid-1') a")  # its lineage
         lineage = page.locator("table.lineage").inner_text()
         assert "CC-BY-NC-4.0" in lineage and "seed 3" in lineage and "quarantined" in lineage
+
+        page.goto(f"{console}/images?campaign=poster&commercial=yes")
+        assert page.locator(".tile").count() == 0
 
         page.goto(f"{console}/review")
         assert page.locator("tr.pending").count() == 1
@@ -104,7 +112,7 @@ def test_reviewer_clears_the_queue_in_a_browser(console, tmp_path):
         assert "Nothing waits for review" in page.inner_text("main")
 
         # ... and who approved them?
-        page.goto(f"{console}/images?campaign=poster&license=CC-BY-NC-4.0&decision=approved")
+        page.goto(f"{console}/images?campaign=poster&commercial=no&decision=approved")
         assert page.locator(".tile").count() == 1 and "approved by alice" in page.locator(".tile").inner_text()
         if os.environ.get("LDM_BATCH_CONSOLE_SCREENSHOT"):
             page.goto(f"{console}/images?campaign=poster")

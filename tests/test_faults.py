@@ -50,7 +50,7 @@ def objects_match_records(settings: Settings, records: list[dict]) -> None:
     """One image object per stored image record, holding the recorded bytes, and no other image."""
     store = ObjectStore(settings)
     stored = [r for r in records if r["s3_key"]]
-    assert sorted(store.keys("delivery/") + store.keys("quarantine/")) == sorted(r["s3_key"] for r in stored)
+    assert sorted(store.image_keys()) == sorted(r["s3_key"] for r in stored)
     for record in stored:
         assert hashlib.sha256(store.get(record["s3_key"])).hexdigest() == record["image_sha256"]
 
@@ -78,7 +78,7 @@ def test_database_outage_mid_run_delivers_nothing_unaudited(prefect_harness, set
     finally:
         stop_listening()
     assert result.exit_code == 1 and "not currently accepting connections" in result.output
-    assert ObjectStore(Settings()).keys() == []  # generated, but nothing delivered without its record
+    assert ObjectStore(Settings()).image_keys() == []  # generated, but nothing delivered without its record
 
     with admin.connect() as connection:
         connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
@@ -179,3 +179,19 @@ def test_secrets_stay_out_of_outputs_records_and_logs(prefect_harness, settings,
     assert len(seen) > 10
     leaks = [text_ for text_ in seen if password in text_ or s3_secret in text_]
     assert not leaks, leaks[0][:500]
+
+
+def test_filters_cannot_inject_sql(settings, tmp_path):
+    """Filters are bound parameters: quotes, wildcards and SQL in them match nothing."""
+    from ldm_batch.audit import AuditRecord
+
+    log = AuditLog(settings.audit_url)
+    log.migrate()
+    log.append([AuditRecord(kind="row", run_id="r", campaign="c", sheet="s.csv", sheet_row=1, asset_id="a-1",
+                            decision="blocked", prompt="100% cotton", text_verdict={},
+                            created_at="2026-11-23T00:00:00+00:00")])
+    for hostile in ("x' OR '1'='1", "c'; DROP TABLE audit_records; --", "%", "_"):
+        assert log.query(campaign=hostile) == [] and log.query(reviewer=hostile) == []
+        assert cli("audit", "query", "--campaign", hostile, "--format", "json").stdout == ""
+    assert log.query(text="%") and not log.query(text="_ cotton")  # LIKE wildcards are escaped
+    assert log.verify().ok and len(log.query()) == 1

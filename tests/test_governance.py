@@ -36,7 +36,7 @@ def test_non_commercial_model_is_refused_for_a_commercial_campaign(prefect_harne
     records = AuditLog(settings.audit_url).query(campaign="turbo")
     assert [(r["asset_id"], r["decision"], r["use"]) for r in records] == [("fast-1", "blocked", "commercial")]
     assert "Non-Commercial" in records[0]["reasons"][0]
-    assert ObjectStore(settings).keys() == []  # refused before any generation
+    assert ObjectStore(settings).image_keys() == []  # refused before any generation
 
 
 def test_non_commercial_lora_is_refused_for_a_commercial_campaign(prefect_harness, settings, tmp_path, monkeypatch):
@@ -57,7 +57,7 @@ def test_non_commercial_lora_is_refused_for_a_commercial_campaign(prefect_harnes
     (error,) = json.loads(result.stdout.strip().splitlines()[-1])["errors"]
     assert (error["row"], error["column"]) == (2, "brand")
     assert "LoRA 'acme-style' is licensed under CC-BY-NC-4.0" in error["message"]
-    assert ObjectStore(settings).keys() == []
+    assert ObjectStore(settings).image_keys() == []
 
     allowed = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "nc", "--use", "non-commercial", "--json"])
     assert allowed.exit_code == 0, allowed.output

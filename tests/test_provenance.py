@@ -114,7 +114,7 @@ def test_invisible_watermark_survives_jpeg_and_is_refused_on_small_images(prefec
         del os.environ["LDM_BATCH_POLICIES_DIR"]
     assert result.exit_code == 1
     assert "row 1:" in result.output and "at least 256x256" in result.output
-    assert ObjectStore(settings).keys() == []
+    assert ObjectStore(settings).image_keys() == []
 
 
 def test_s3_outage_keeps_audited_images_in_the_spool_until_resume(prefect_harness, settings, signing, tmp_path,

@@ -28,7 +28,7 @@ from ldm_batch.review import ReviewError, decide
 from ldm_batch.storage import ObjectStore
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
-FILTERS = ("campaign", "brand", "model", "license", "decision", "since", "until", "text")
+FILTERS = ("campaign", "brand", "model", "license", "commercial", "decision", "since", "until", "text")
 LINK_SECONDS = 300
 MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
@@ -152,8 +152,16 @@ def _images(log: AuditLog, chosen: dict[str, str]) -> list[dict]:
         current = review["decision"] if review else record["decision"]
         if chosen["decision"] and current != chosen["decision"]:
             continue
+        if chosen["commercial"] and chosen["commercial"] != ("yes" if commercial_use(record) else "no"):
+            continue
         found.append({**record, "current": current, "reviewer": review["reviewer"] if review else None})
     return found
+
+
+def commercial_use(record: dict) -> bool:
+    """Whether the model's and every LoRA's license allow commercial use."""
+    licenses = [record["model_license"] or {}] + [lora["license"] for lora in record["loras"]]
+    return all(licence.get("commercial_use") for licence in licenses)
 
 
 def _moment(value: str) -> datetime | None:
