@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ldm_batch import progress
-from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, check_weights, is_stored, process_batch,
+from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, check_weights, is_complete, process_batch,
                                 row_record, skipped_record, upload_spooled)
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
@@ -100,8 +100,9 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
                       if (problem := workers.marker.size_problem(job.settings.width, job.settings.height))}
         if unmarkable:
             raise ValueError("; ".join(f"row {row}: {problem}" for row, problem in unmarkable.items()))
-        missing = [job for job in jobs if not is_stored(job, workers)]
-        lost = [record for job in missing if (record := workers.audit.image_record(job.key)) is not None]
+        records = {job.key: workers.audit.image_record(job.key) for job in jobs}
+        missing = [job for job in jobs if not is_complete(records[job.key], workers)]
+        lost = [records[job.key] for job in missing if records[job.key] is not None]
         for record in lost:  # audited, but the object is gone and not in the spool
             restore_object(record, workers)
         lost_keys = {record.image_key for record in lost}

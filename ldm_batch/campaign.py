@@ -148,12 +148,8 @@ def check_weights(jobs: list[ImageJob], policies: Policies) -> None:
         verified_path(entry.source, getattr(entry, "revision", None), entry.sha256)
 
 
-def is_stored(job: ImageJob, workers: Workers) -> bool:
-    """True when the job's image is audited and stored (or audited as not to be stored)."""
-    return is_complete(workers.audit.image_record(job.key), workers)
-
-
 def is_complete(record: AuditRecord | None, workers: Workers) -> bool:
+    """True when an image is audited and stored (or audited as not to be stored)."""
     return record is not None and (record.s3_key is None or workers.store.head(record.s3_key) is not None)
 
 

@@ -71,6 +71,16 @@ def fail(message: str, code: int, as_json: bool = False, **fields) -> None:
     raise typer.Exit(code)
 
 
+def refuse(kind: str, headline: str, problems: list, lines: list[str], as_json: bool) -> None:
+    """Exit 2 listing every problem: one JSON object for machines, one line each for people."""
+    if as_json:
+        print(json.dumps({"error": kind, "errors": problems}))
+    err.print(headline)
+    for line in lines:
+        err.print(f"  {line}", highlight=False)
+    raise typer.Exit(2)
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
@@ -177,12 +187,9 @@ def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://buc
     except CatalogError as exc:
         fail(f"refused before generation: {exc}", 2, as_json, errors=[{"row": None, "column": None, "message": str(exc)}])
     except LicenseRefused as exc:
-        if as_json:
-            print(json.dumps({"error": "license", "errors": exc.problems}))
-        err.print("[red]refused before generation[/red]: the campaign's use is not allowed by these licenses:")
-        for problem in exc.problems:
-            err.print(f"  row {problem['row']}, column '{problem['column']}': {problem['message']}", highlight=False)
-        raise typer.Exit(2) from None
+        refuse("license", "[red]refused before generation[/red]: the campaign's use is not allowed by these licenses:",
+               exc.problems, [f"row {p['row']}, column '{p['column']}': {p['message']}" for p in exc.problems],
+               as_json)
     except Exception as exc:
         fail(f"run failed: {type(exc).__name__}: {exc}{_spool_hint(settings)}", 1, as_json,
              errors=[{"row": None, "column": None, "message": str(exc)}])
@@ -703,12 +710,7 @@ def brand_train(
                 resolve_device(settings.device),
                 on_step=lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.4f}"))
         except BrandTrainingError as exc:
-            if as_json:
-                print(json.dumps({"error": "training images", "errors": exc.problems}))
-            err.print("[red]cannot train[/red]:")
-            for problem in exc.problems:
-                err.print(f"  {problem}", highlight=False)
-            raise typer.Exit(2) from None
+            refuse("training images", "[red]cannot train[/red]:", exc.problems, exc.problems, as_json)
     if as_json:
         print(json.dumps({k: v for k, v in manifest.items() if k != "training_images"}
                          | {"training_images": len(manifest["training_images"])}))
