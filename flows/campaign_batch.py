@@ -10,26 +10,37 @@ ldm_batch; this file wires the stages, fans generation out by batch and reports.
 from __future__ import annotations
 
 import uuid
+from contextlib import nullcontext
 from functools import partial
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 
 from ldm_batch import progress
 from ldm_batch.campaign import (BatchOutcome, RunContext, Workers, check_weights, is_complete, process_batch,
-                                row_record, skipped_record, upload_spooled)
+                                refusal_problems, row_record, skipped_record, upload_spooled)
+from ldm_batch.catalog import CatalogError
 from ldm_batch.config import Settings, load_settings
 from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
 from ldm_batch.licenses import LicenseRefused, Use, license_problems
 from ldm_batch.plan import Batch, group_batches, plan_row
 from ldm_batch.reproduce import restore_object
 from ldm_batch.safety.text import PromptVerdict
-from ldm_batch.sheets import PromptRow, Sheet, check_size, read_sheet, sheet_stem
+from ldm_batch.sheets import PromptRow, Sheet, SheetInvalid, SheetProblem, check_size, read_sheet, sheet_stem
 from ldm_batch.storage import read_source
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def _not_refused(task, task_run, state) -> bool:
+    """Retry reading a sheet when S3 hiccups, not when the sheet itself is invalid."""
+    return refusal_problems(state.result(raise_on_failure=False)) is None
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_not_refused)
 def load_sheet(uri: str, settings: Settings, skip_invalid_rows: bool) -> Sheet:
     policies = Workers.get(settings).policies
     name, data = read_source(uri, settings, partial(check_size, limits=policies.sheet_limits))
@@ -45,7 +56,19 @@ def screen_text(sheet: Sheet, settings: Settings) -> list[PromptVerdict]:
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def generate_batch(batch: Batch, run: RunContext, verdicts: dict[int, PromptVerdict],
                    rows: dict[int, PromptRow], settings: Settings) -> BatchOutcome:
-    return process_batch(batch, run, verdicts, rows, Workers.get(settings), on_image=lambda n: progress.report("image", n))
+    slot = partial(concurrency, settings.gpu_slot, strict=True) if settings.gpu_slot else nullcontext
+    return process_batch(batch, run, verdicts, rows, Workers.get(settings), device_slot=slot)
+
+
+def task_runner(settings: Settings) -> TaskRunner:
+    """Where batches run: threads of this process, or the workers of a Dask cluster (one
+    GPU each; every worker process loads the models once and keeps them)."""
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    if settings.dask_workers:
+        return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return ThreadPoolTaskRunner()
 
 
 def write_contact_sheet(run: RunContext, workers: Workers, settings: Settings) -> str:
@@ -99,7 +122,8 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
         unmarkable = {job.row: problem for job in jobs
                       if (problem := workers.marker.size_problem(job.settings.width, job.settings.height))}
         if unmarkable:
-            raise ValueError("; ".join(f"row {row}: {problem}" for row, problem in unmarkable.items()))
+            raise SheetInvalid(parsed.name, [SheetProblem(row=row, column="width", message=problem)
+                                             for row, problem in unmarkable.items()])
         records = {job.key: workers.audit.image_record(job.key) for job in jobs}
         missing = [job for job in jobs if not is_complete(records[job.key], workers)]
         lost = [records[job.key] for job in missing if records[job.key] is not None]
@@ -108,10 +132,15 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
         lost_keys = {record.image_key for record in lost}
         batches = group_batches([job for job in missing if job.key not in lost_keys], settings.batch_size)
         progress.report("planned", sum(len(batch.jobs) for batch in batches))
-        futures = generate_batch.map(
-            batches, unmapped(run), unmapped({r.row: v for r, v in zip(parsed.rows, verdicts)}),
-            unmapped({r.row: r for r in parsed.rows}), unmapped(settings))
-        outcomes = [future.result() for future in futures]
+        with task_runner(settings) as runner:
+            futures = runner.map(generate_batch, {
+                "batch": batches, "run": unmapped(run),
+                "verdicts": unmapped({r.row: v for r, v in zip(parsed.rows, verdicts)}),
+                "rows": unmapped({r.row: r for r in parsed.rows}), "settings": unmapped(settings)}) if batches else []
+            outcomes = []
+            for future in as_completed(futures):  # progress from here: Dask workers are other processes
+                outcomes.append(future.result())
+                progress.report("image", outcomes[-1].generated)
         summary.update(
             prompts_blocked=sum(v.decision == "block" for _, v in refused),
             prompts_held=sum(v.decision == "review" for _, v in refused),
@@ -126,9 +155,10 @@ def campaign_batch(sheet: str, campaign: str | None = None, use: Use = "commerci
             images_stored=len(lost) + sum(o.delivered + o.quarantined + o.repaired for o in outcomes),
             cost=round(sum(o.cost for o in outcomes), 8), currency=workers.policies.costs.currency,
             bucket=settings.s3_bucket, s3_keys=[key for o in outcomes for key in o.s3_keys],
+            workers=sorted({o.worker for o in outcomes}),
         )
-    except LicenseRefused as exc:
-        workers.audit.finish_run(run.run_id, "refused", {**summary, "errors": exc.problems})
+    except (SheetInvalid, LicenseRefused, CatalogError) as exc:
+        workers.audit.finish_run(run.run_id, "refused", {**summary, "errors": refusal_problems(exc)})
         raise
     except BaseException as exc:
         workers.audit.finish_run(run.run_id, "failed", {**summary, "errors": [{"row": None, "column": None,

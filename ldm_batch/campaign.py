@@ -15,8 +15,11 @@ audit record.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from importlib.metadata import version
 
 from pydantic import BaseModel
@@ -26,13 +29,14 @@ from ldm_batch.audit.log import now
 from ldm_batch.catalog import CatalogError, verified_path
 from ldm_batch.config import Settings
 from ldm_batch.cost import image_cost
-from ldm_batch.generate import GeneratedImage, ImageGenerator, resolve_device
+from ldm_batch.generate import GeneratedImage, ImageGenerator, quiet_libraries, resolve_device
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies, load_policies
 from ldm_batch.provenance import Marker, pixels_sha256
 from ldm_batch.safety.image import ImageScreen, ImageVerdict
 from ldm_batch.safety.text import PromptVerdict, TextScreen
-from ldm_batch.sheets import PromptRow, SkippedRow
+from ldm_batch.licenses import LicenseRefused
+from ldm_batch.sheets import PromptRow, SheetInvalid, SkippedRow
 from ldm_batch.spool import Spool
 from ldm_batch.storage import ObjectStore
 
@@ -55,6 +59,7 @@ class BatchOutcome(BaseModel):
     discarded: int = 0  # blocked by a concept whose policy keeps only hash and scores
     cost: float = 0.0
     s3_keys: list[str] = []
+    worker: str = ""  # host:pid of the process that generated the batch
 
 
 class Workers:
@@ -64,6 +69,7 @@ class Workers:
     _lock = threading.Lock()
 
     def __init__(self, settings: Settings):
+        quiet_libraries()
         self.settings = settings
         self.policies: Policies = load_policies(settings.policies_dir)
         self.store = ObjectStore(settings)
@@ -148,6 +154,18 @@ def check_weights(jobs: list[ImageJob], policies: Policies) -> None:
         verified_path(entry.source, getattr(entry, "revision", None), entry.sha256)
 
 
+def refusal_problems(exc: BaseException) -> list[dict] | None:
+    """The problems of a refused sheet (bad rows, licenses, weights: nothing was generated,
+    running it again will not help), as {row, column, message}; None for other failures."""
+    if isinstance(exc, SheetInvalid):
+        return [p.model_dump() for p in exc.problems]
+    if isinstance(exc, LicenseRefused):
+        return exc.problems
+    if isinstance(exc, CatalogError):
+        return [{"row": None, "column": None, "message": str(exc)}]
+    return None
+
+
 def is_complete(record: AuditRecord | None, workers: Workers) -> bool:
     """True when an image is audited and stored (or audited as not to be stored)."""
     return record is not None and (record.s3_key is None or workers.store.head(record.s3_key) is not None)
@@ -155,21 +173,22 @@ def is_complete(record: AuditRecord | None, workers: Workers) -> bool:
 
 def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, PromptVerdict],
                   rows: dict[int, PromptRow], workers: Workers,
-                  on_image: Callable[[int], None] | None = None) -> BatchOutcome:
-    """Generate, screen, encode, audit and store one batch of images; `on_image(n)` hears
-    that n more images are done (for progress bars).
+                  device_slot: Callable[[], AbstractContextManager] = nullcontext) -> BatchOutcome:
+    """Generate, screen, encode, audit and store one batch of images. Generation runs inside
+    `device_slot()` (the flow passes a per-GPU concurrency limit); the rest runs outside it.
 
     The flow plans batches of images that have no record yet; an image that got one
     meanwhile (another worker on the same sheet) is left as it is, or its object put back
     from the spool or from these bytes when they match the record.
     """
     policies = workers.policies
-    generated = workers.generator.generate(batch)
+    with device_slot():
+        generated = workers.generator.generate(batch)
     verdicts = screen_or_quarantine(workers, [g.image for g in generated])
     model = policies.models[batch.settings.model]
     loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
     software = software_versions()
-    outcome = BatchOutcome(generated=len(generated))
+    outcome = BatchOutcome(generated=len(generated), worker=f"{socket.gethostname()}:{os.getpid()}")
     new_records, uploads = [], []
     for image, verdict in zip(generated, verdicts):
         job = image.job
@@ -221,8 +240,6 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
                                f"(C2PA signatures differ each time); not stored")
         store_image(workers, record, png)
         outcome.s3_keys.append(record.s3_key)
-    if on_image:
-        on_image(len(generated))
     return outcome
 
 

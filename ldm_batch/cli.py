@@ -186,6 +186,9 @@ def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://buc
         raise
     except CatalogError as exc:
         fail(f"refused before generation: {exc}", 2, as_json, errors=[{"row": None, "column": None, "message": str(exc)}])
+    except SheetInvalid as exc:
+        refuse("sheet", f"[red]refused before generation[/red]: {exc.sheet}:", [p.model_dump() for p in exc.problems],
+               [f"row {p.row}, column {p.column!r}: {p.message}" for p in exc.problems], as_json)
     except LicenseRefused as exc:
         refuse("license", "[red]refused before generation[/red]: the campaign's use is not allowed by these licenses:",
                exc.problems, [f"row {p['row']}, column '{p['column']}': {p['message']}" for p in exc.problems],
@@ -197,6 +200,71 @@ def run(sheet: Annotated[str, typer.Argument(help="CSV or XLSX file, or s3://buc
         print(json.dumps(summary))
     else:
         _print_summary(summary, settings)
+
+
+@app.command()
+def submit(sheet: Annotated[Path, typer.Argument(help="CSV or XLSX file")],
+           campaign: Annotated[str | None, typer.Option(help="Campaign name (default: the sheet's name)")] = None,
+           use: Annotated[Use, typer.Option(help="The campaign's use; licenses must allow it")] = Use.commercial,
+           config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Put a sheet into the S3 inbox. With a Prefect server (PREFECT_API_URL) the inbox-sweep
+    deployment is started for it; without one the sweep runs here. A sheet already run is
+    not run again."""
+    import hashlib
+
+    from ldm_batch.orchestration import configure_prefect
+
+    settings = _settings(config)
+    if campaign is not None and not SAFE_NAME.match(campaign):
+        fail(f"--campaign {campaign!r}: use 1-128 letters, digits, '.', '_' or '-'", 2, as_json)
+    _validate(str(sheet), settings, as_json)  # a bad sheet is refused here, not uploaded
+    configure_prefect(settings.home)
+    server = os.environ.get("PREFECT_API_URL")
+    with object_store(settings) as settings:
+        from ldm_batch.campaign import Workers
+        from ldm_batch.inbox import Inbox
+
+        store = Workers.get(settings).store
+        store.ensure_bucket()
+        inbox = Inbox(store, settings.inbox_prefix)
+        data = sheet.read_bytes()
+        if first := inbox.report(hashlib.sha256(data).hexdigest()):
+            report = {"submitted": None, "already": first[0], "report": f"s3://{store.bucket}/{first[1]}"}
+            _report(report, f"already {first[0]}: this sheet was run before; report {report['report']}", as_json)
+            return
+        item = inbox.submit(sheet.name, data, campaign, use.value)
+        if server:
+            from prefect.deployments import run_deployment
+
+            flow_run = run_deployment("inbox-sweep/inbox-sweep", parameters={"keys": [item.key]}, timeout=0)
+            report = {"submitted": item.uri, "flow_run_id": str(flow_run.id), "deployment": "inbox-sweep/inbox-sweep"}
+            _report(report, f"submitted {item.uri}; flow run {flow_run.id} of inbox-sweep/inbox-sweep", as_json)
+            return
+        from flows.inbox_sweep import inbox_sweep
+
+        try:
+            result = inbox_sweep(keys=[item.key], config=str(config) if config else None)
+        except Exception as exc:
+            fail(f"run failed; the sheet stays in the inbox for the next sweep: {exc}", 1, as_json)
+    if as_json:
+        print(json.dumps({"submitted": item.uri, **result}))
+        raise typer.Exit(2 if result["rejected"] else 0)
+    for entry in result["processed"]:
+        out.print(f"processed {entry['sheet']}: run {entry['run_id']}; report s3://{store.bucket}/{entry['report']}",
+                  highlight=False)
+    for entry in result["rejected"]:
+        err.print(f"[red]rejected[/red] {entry['sheet']}; report s3://{store.bucket}/{entry['report']}", highlight=False)
+        for p in entry.get("errors", []):
+            err.print(f"  row {p['row']}, column {p['column']!r}: {p['message']}", highlight=False)
+    if result["rejected"]:
+        raise typer.Exit(2)
+
+
+def _report(report: dict, text: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(text, highlight=False)
 
 
 def _spool_hint(settings: Settings) -> str:
@@ -630,6 +698,33 @@ def main() -> None:  # pragma: no cover - the console script calls `app`
 
 
 # -- console -----------------------------------------------------------------------------
+@app.command()
+def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's API")] = 4200,
+          workers: Annotated[int | None, typer.Option(help="Workers, one per GPU (default: the GPUs here, at least 1)")] = None,
+          config: ConfigOption = None) -> None:
+    """Run a local Prefect server, SeaweedFS, the work pool, one worker and concurrency limit per
+    GPU and the deployments, all on 127.0.0.1, until Ctrl-C."""
+    import signal
+    import threading
+
+    from ldm_batch.serve import gpu_count, local_stack
+
+    settings = _settings(config)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    count = workers or max(gpu_count(), 1)
+    with local_stack(settings, port, count) as env:
+        out.print(f"ready: Prefect API {env['PREFECT_API_URL']}, S3 {env['LDM_BATCH_S3_ENDPOINT_URL']}, "
+                  f"{count} worker(s) in pool 'gpu'; logs under {settings.home.resolve()}", highlight=False)
+        out.print(f"submit a sheet:  PREFECT_API_URL={env['PREFECT_API_URL']} ldm-batch submit SHEET",
+                  highlight=False, soft_wrap=True)
+        try:
+            stopping.wait()
+        except KeyboardInterrupt:
+            pass
+        out.print("stopping")
+
+
 @app.command()
 def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless behind a proxy")] = "127.0.0.1",
             port: Annotated[int, typer.Option(help="Port")] = 8765, config: ConfigOption = None) -> None:

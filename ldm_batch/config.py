@@ -26,8 +26,16 @@ class Settings(BaseSettings):
     delivery_prefix: str = "delivery/"
     quarantine_prefix: str = "quarantine/"
     reports_prefix: str = "reports/"  # run contact sheets
+    inbox_prefix: str = "inbox/"  # sheets waiting for the inbox sweep, and their reports
     device: str = "auto"
     batch_size: int = 4
+    # A Prefect global concurrency limit (one per GPU, limit 1) held while a batch generates;
+    # none: no limit (one process, or the embedded default).
+    gpu_slot: str | None = None
+    # Scale-out: batches spread over a Dask cluster (its scheduler's address), or over a
+    # local cluster of this many worker processes with one thread each; neither: threads.
+    dask_address: str | None = None
+    dask_workers: int = 0
     embedded_s3_port: int = 18333
     # C2PA signing of every stored PNG: a PEM certificate chain (signer first) and its PKCS8 key.
     c2pa_certificate: Path | None = None

@@ -20,6 +20,7 @@ def configure_prefect(home: Path) -> None:
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "DASK_LOGGING__DISTRIBUTED": "warning",  # a Dask cluster's start and stop, line by line
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)

@@ -112,8 +112,8 @@ def test_invisible_watermark_survives_jpeg_and_is_refused_on_small_images(prefec
         result = run_sheet(tmp_path, campaign="tiny")
     finally:
         del os.environ["LDM_BATCH_POLICIES_DIR"]
-    assert result.exit_code == 1
-    assert "row 1:" in result.output and "at least 256x256" in result.output
+    assert result.exit_code == 2
+    assert "row 1, column 'width'" in result.output and "at least 256x256" in result.output
     assert ObjectStore(settings).image_keys() == []
 
 

@@ -1,0 +1,145 @@
+"""A local stack shaped like production, on 127.0.0.1 (`ldm-batch serve`, `make serve`).
+
+    SeaweedFS (the embedded S3 of this home)
+    prefect server start                       state under <home>/prefect-server
+    work pool `gpu` (type process)
+    per GPU i: global concurrency limit gpu-<host>-<i> (limit 1) and a worker gpu-<i>
+               (CUDA_VISIBLE_DEVICES=i, LDM_BATCH_GPU_SLOT=gpu-<host>-<i>)
+    prefect --no-prompt deploy --all           campaign-batch and the inbox-sweep schedule
+
+A worker may run several flow runs at once; the concurrency limit, held only while a batch
+generates, keeps one generation at a time on its GPU while screening and uploads overlap.
+Each step is the Prefect CLI command the README lists, so an operator can run them by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+from ldm_batch.config import Settings
+from ldm_batch.embedded_s3 import EmbeddedS3, embedded_s3
+
+REPO = Path(__file__).resolve().parent.parent
+WORK_POOL = "gpu"  # the pool prefect.yaml's deployments name
+
+
+def prefect_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("prefect")), *args]
+
+
+def gpu_slot_name(index: int) -> str:
+    return f"gpu-{socket.gethostname()}-{index}"
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@contextmanager
+def prefect_server(home: Path, port: int, timeout: float = 120.0) -> Iterator[str]:
+    """`prefect server start` on 127.0.0.1 for the block; yields its API URL."""
+    state = (home / "prefect-server").resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(state), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    api = f"http://127.0.0.1:{port}/api"
+    with open(state / "server.log", "ab") as log:
+        process = subprocess.Popen(prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(api, process, state / "server.log", timeout)
+        yield api
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(api: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {process.returncode}; see {log}")
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the Prefect server did not answer on {api} within {timeout:.0f}s; see {log}")
+
+
+def stack_environment(settings: Settings, s3: EmbeddedS3, api: str) -> dict[str, str]:
+    """What the CLI, the deploy step and the workers of this stack share."""
+    return {**os.environ, "PREFECT_API_URL": api, "LDM_BATCH_HOME": str(settings.home.resolve()),
+            "LDM_BATCH_CHECKOUT": str(REPO), "LDM_BATCH_S3_ENDPOINT_URL": s3.endpoint_url,
+            "LDM_BATCH_S3_ACCESS_KEY_ID": s3.access_key_id, "LDM_BATCH_S3_SECRET_ACCESS_KEY": s3.secret_access_key}
+
+
+def prepare(env: dict[str, str], slots: list[str]) -> None:
+    """Work pool, one concurrency limit per GPU, deployments (all of them repeatable)."""
+    _check(prefect_command("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"), env)
+    for slot in slots:
+        created = subprocess.run(prefect_command("gcl", "create", slot, "--limit", "1"), env=env,
+                                 capture_output=True, text=True)
+        if created.returncode != 0 and "already exists" not in created.stdout + created.stderr:
+            raise RuntimeError(f"prefect gcl create {slot} failed: {created.stdout}{created.stderr}")
+    _check(prefect_command("--no-prompt", "deploy", "--all"), env, cwd=REPO)
+
+
+def _check(command: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[1:])} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+
+
+@contextmanager
+def worker(env: dict[str, str], index: int, slot: str, log: Path) -> Iterator[subprocess.Popen]:
+    """`prefect worker start --pool gpu` pinned to one GPU and its concurrency limit."""
+    worker_env = {**env, "CUDA_VISIBLE_DEVICES": str(index), "LDM_BATCH_GPU_SLOT": slot}
+    with open(log, "ab") as out:
+        process = subprocess.Popen(prefect_command("worker", "start", "--pool", WORK_POOL, "--name", f"gpu-{index}"),
+                                   env=worker_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        _stop(process, signals=2)  # a Prefect worker stops on its second SIGTERM
+
+
+def _stop(process: subprocess.Popen, signals: int = 1) -> None:
+    for _ in range(signals):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            time.sleep(1)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def local_stack(settings: Settings, port: int, workers: int) -> Iterator[dict[str, str]]:
+    """The whole stack for the block; yields the environment a client needs to use it."""
+    slots = [gpu_slot_name(i) for i in range(workers)]
+    with ExitStack() as stack:
+        s3 = stack.enter_context(embedded_s3(settings.home, settings.embedded_s3_port, settings.delivery_prefix))
+        api = stack.enter_context(prefect_server(settings.home, port))
+        env = stack_environment(settings, s3, api)
+        prepare(env, slots)
+        for index, slot in enumerate(slots):
+            stack.enter_context(worker(env, index, slot, settings.home.resolve() / f"worker-{index}.log"))
+        yield env
+
