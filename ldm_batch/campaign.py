@@ -93,7 +93,7 @@ class Workers:
     def generator(self) -> ImageGenerator:
         with self._loading:
             if self._generator is None:
-                self._generator = ImageGenerator(self.policies, self.settings.device)
+                self._generator = ImageGenerator(self.policies, self.settings.device, self.settings.compile_unet)
             return self._generator
 
     @property
@@ -218,7 +218,7 @@ def process_batch(batch: Batch, run: RunContext, text_verdicts: dict[int, Prompt
             scheduler=image.scheduler, steps=batch.settings.steps, guidance=batch.settings.guidance,
             width=batch.settings.width, height=batch.settings.height, seed=job.seed, variant=job.variant,
             batch_id=batch.id, batch_size=image.batch_size, batch_index=image.batch_index, device=image.device,
-            software=software, generation_seconds=round(image.seconds, 6), cost=cost,
+            runtime=image.runtime, software=software, generation_seconds=round(image.seconds, 6), cost=cost,
             currency=policies.costs.currency, image_verdict=verdict.model_dump(), image_key=job.key,
             s3_bucket=workers.store.bucket if placement else None,
             s3_key=workers.store.object_key(placement, job.key) if placement else None,

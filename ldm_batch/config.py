@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     inbox_prefix: str = "inbox/"  # sheets waiting for the inbox sweep, and their reports
     device: str = "auto"
     batch_size: int = 4
+    compile_unet: bool = False  # torch.compile the UNet (CUDA only); recorded in each image's runtime
     # A Prefect global concurrency limit (one per GPU, limit 1) held while a batch generates;
     # none: no limit (one process, or the embedded default).
     gpu_slot: str | None = None

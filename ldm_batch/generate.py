@@ -32,6 +32,7 @@ class GeneratedImage:
     scheduler: str
     model_sha256: str
     lora_sha256: dict[str, str]
+    runtime: dict  # how the numbers were computed: dtype, attention, compiled, CPU threads
 
 
 def quiet_libraries() -> None:
@@ -64,11 +65,12 @@ def device_name(device: str) -> str:
 class ImageGenerator:
     """Holds loaded pipelines and adapters for one worker process."""
 
-    def __init__(self, policies: Policies, device: str):
+    def __init__(self, policies: Policies, device: str, compile_unet: bool = False):
         quiet_libraries()
         self.policies = policies
         self.device = resolve_device(device)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.compile_unet = compile_unet and self.device.startswith("cuda")  # inductor on CPU needs a compiler
         self.loads: Counter[str] = Counter()  # what was loaded from disk, for tests and reports
         self._pipelines: dict[str, tuple[object, str]] = {}
         self._adapters: dict[str, dict[str, str]] = {}  # model id -> {lora id: sha256}
@@ -86,7 +88,10 @@ class ImageGenerator:
                     path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
                     requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
-            self._pipelines[model_id] = (pipe.to(self.device), sha)
+            pipe = pipe.to(self.device)
+            if self.compile_unet:
+                pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+            self._pipelines[model_id] = (pipe, sha)
             self._adapters[model_id] = {}
             self.loads[f"model:{model_id}"] += 1
         return self._pipelines[model_id]
@@ -111,22 +116,35 @@ class ImageGenerator:
             pipe.disable_lora()
         return {u.id: loaded[u.id] for u in batch.settings.loras}
 
-    def generate(self, batch: Batch) -> list[GeneratedImage]:
+    def generate(self, batch: Batch, cpu_threads: int | None = None) -> list[GeneratedImage]:
+        """`cpu_threads`: torch's intra-op threads for this call (on CPU the last bits of the
+        sums, and so some pixels, depend on it); None keeps the process's setting."""
         s = batch.settings
-        with self._lock:  # one pipeline call at a time; adapters are pipeline state
+        with self._lock:  # one pipeline call at a time; adapters and thread count are process state
             pipe, model_sha = self.pipeline(s.model)
             lora_sha = self._activate_loras(s.model, pipe, batch)
             generators = [torch.Generator(self.device).manual_seed(job.seed) for job in batch.jobs]
-            started = time.perf_counter()
-            images = pipe(
-                prompt=[job.prompt for job in batch.jobs],
-                negative_prompt=[job.negative_prompt for job in batch.jobs],
-                width=s.width, height=s.height, num_inference_steps=s.steps,
-                guidance_scale=s.guidance, generator=generators, output_type="pil",
-            ).images
-            seconds = time.perf_counter() - started
+            threads = torch.get_num_threads()
+            torch.set_num_threads(cpu_threads or threads)
+            try:
+                runtime = self.runtime(pipe)
+                started = time.perf_counter()
+                images = pipe(
+                    prompt=[job.prompt for job in batch.jobs],
+                    negative_prompt=[job.negative_prompt for job in batch.jobs],
+                    width=s.width, height=s.height, num_inference_steps=s.steps,
+                    guidance_scale=s.guidance, generator=generators, output_type="pil",
+                ).images
+                seconds = time.perf_counter() - started
+            finally:
+                torch.set_num_threads(threads)
         n = len(batch.jobs)
         return [GeneratedImage(job=job, image=image, seconds=seconds / n, batch_size=n, batch_index=i,
                                device=device_name(self.device), scheduler=type(pipe.scheduler).__name__,
-                               model_sha256=model_sha, lora_sha256=lora_sha)
+                               model_sha256=model_sha, lora_sha256=lora_sha, runtime=runtime)
                 for i, (job, image) in enumerate(zip(batch.jobs, images))]
+
+    def runtime(self, pipe) -> dict:
+        processors = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
+        return {"dtype": str(self.dtype).removeprefix("torch."), "attention": processors,
+                "compiled": self.compile_unet, "cpu_threads": torch.get_num_threads()}

@@ -52,7 +52,13 @@ def regenerate(record: dict, workers: Workers) -> tuple[bytes, list[str]]:
     if entry.sha256 and entry.sha256 != record["model_sha256"]:
         notes.append("the catalog's weights for this model have changed since the image was made")
     batch = Batch(settings=job_from_record(record).settings, jobs=[job_from_record(r) for r in ordered])
-    generated = {g.job.key: g for g in workers.generator.generate(batch)}[record["image_key"]]
+    runtime = record.get("runtime") or {}
+    generated = {g.job.key: g for g in workers.generator.generate(batch, runtime.get("cpu_threads"))}[
+        record["image_key"]]
+    differs = {k: (v, generated.runtime.get(k)) for k, v in runtime.items()
+               if k != "cpu_threads" and generated.runtime.get(k) != v}
+    if differs:
+        notes.append("computed differently now: " + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in differs.items()))
     return encode(generated, workers.marker), notes
 
 

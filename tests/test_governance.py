@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -82,6 +83,18 @@ def test_reproduce_from_the_audit_log_is_byte_identical(campaign_run, settings):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["identical"] and report["reproduced_sha256"] == record["image_sha256"]
+
+    # how the numbers were computed is recorded, and reproduce uses the recorded CPU threads
+    runtime = record["runtime"]
+    assert (runtime["dtype"], runtime["compiled"]) == ("float32", False)
+    assert runtime["attention"] == ["AttnProcessor2_0"]  # PyTorch scaled-dot-product attention
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if runtime["cpu_threads"] > 1 else 2)
+    try:
+        again = json.loads(CliRunner().invoke(app, ["audit", "reproduce", record["image_sha256"], "--json"]).stdout)
+    finally:
+        torch.set_num_threads(threads)
+    assert again["identical"] and again["notes"] == []
 
 
 def test_explain_gives_one_images_lineage(campaign_run, settings):

@@ -63,6 +63,7 @@ class AuditRecord(BaseModel):
     batch_size: int | None = None
     batch_index: int | None = None
     device: str | None = None
+    runtime: dict = {}  # dtype, attention processors, torch.compile, CPU threads
     software: dict = {}
     generation_seconds: float | None = None
     cost: float | None = None
