@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOME_DIR ?= .ldm_batch
 
-.PHONY: install demo test clean
+.PHONY: install demo test serve clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: install
 	@echo "Query it:   $(BIN)/ldm-batch audit query --campaign demo [--format json|csv|parquet --out FILE]"
 	@echo "Verify it:  $(BIN)/ldm-batch audit verify"
 	@echo "Review:     LDM_BATCH_HOME=$(HOME_DIR) $(BIN)/ldm-batch review list   (quarantined images)"
+
+serve: install
+	LDM_BATCH_HOME=$(HOME_DIR) $(BIN)/ldm-batch serve
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -13,7 +13,22 @@ case for LoRA switching), 20 steps at 32x32. Three ways to make the same images:
 - naive: one pipeline call per prompt, loading the brand's LoRA with `load_lora_weights`
   whenever the brand changes (and unloading it), as a user would write it.
 
-Prints images/s of each and the ratios `flow_vs_batched_diffusers` and `flow_vs_naive_loop`.
+Prints images/s of each and the ratios `flow_vs_batched_diffusers` and `flow_vs_naive_loop`,
+and besides:
+
+- `lora_switch_ms` (`set_adapters`, what the product does) against `lora_reload_ms`
+  (unload + `load_lora_weights`, what the naive loop does);
+- `model_loads`: what the flow's worker loaded from disk over both flow runs;
+- `rss_growth_pct`: resident memory of a long flow run (`--long` images, brands switching
+  every batch), from image 100 to the last;
+- `dask_2_workers_speedup`: the flow on a Dask LocalCluster of two worker processes (one
+  thread each) over one worker, each warmed up first;
+- `cold_start_seconds`: `ldm-batch run` of a one-row sheet in a fresh home, to exit
+  (embedded SeaweedFS and Prefect's temporary server start, models load);
+- `generator_alone_vs_batched_diffusers`: the product's planner and generator without the
+  flow, to tell the generation code's cost from the flow's.
+
+The flows talk to a Prefect server started here (`prefect server start`), as in production.
 Time is noisy on a shared 2-core machine: compare ratios from one run, not absolute rates.
 """
 
@@ -22,8 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,12 +57,12 @@ COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
 SHAPES = ["circle", "square", "triangle", "star", "heart"]
 
 
-def sheet_rows(n: int) -> list[tuple[str, str, str]]:
+def sheet_rows(n: int, prefix: str = "a") -> list[tuple[str, str, str]]:
     rows = []
     for i in range(n):
         fg, bg = COLOURS[i % len(COLOURS)], COLOURS[(i * 3 + 1) % len(COLOURS)]
         bg = bg if bg != fg else COLOURS[(i + 1) % len(COLOURS)]
-        rows.append((f"a-{i:03d}", f"a {fg} {SHAPES[i % len(SHAPES)]} on a {bg} background", BRANDS[i % 3]))
+        rows.append((f"{prefix}-{i:04d}", f"a {fg} {SHAPES[i % len(SHAPES)]} on a {bg} background", BRANDS[i % 3]))
     return rows
 
 
@@ -52,26 +72,120 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def run_flow(rows, batch: int, home: Path) -> float:
-    from ldm_batch.embedded_s3 import embedded_s3
-    from ldm_batch.orchestration import configure_prefect
+def write_sheet(path: Path, rows) -> Path:
+    path.write_text("asset_id,prompt,brand,seed\n" + "".join(f"{a},{p},{b},{i}\n" for i, (a, p, b) in enumerate(rows)))
+    return path
 
-    configure_prefect(home)
-    os.environ.update(LDM_BATCH_HOME=str(home), LDM_BATCH_BATCH_SIZE=str(batch))
-    sheet = home / "bench.csv"
-    sheet.write_text("asset_id,prompt,brand,seed\n" + "".join(f"{a},{p},{b},{i}\n" for i, (a, p, b) in enumerate(rows)))
-    with embedded_s3(home, 28333) as server:
-        os.environ.update(LDM_BATCH_S3_ENDPOINT_URL=server.endpoint_url, LDM_BATCH_S3_ACCESS_KEY_ID=server.access_key_id,
-                          LDM_BATCH_S3_SECRET_ACCESS_KEY=server.secret_access_key)
-        from flows.campaign_batch import campaign_batch
 
-        campaign_batch(sheet=str(sheet), campaign="warmup")  # loads every model once
-        started = time.perf_counter()
-        summary = campaign_batch(sheet=str(sheet), campaign="measured")
-        seconds = time.perf_counter() - started
-    if summary["images_generated"] != len(rows):
-        raise SystemExit(f"the flow made {summary['images_generated']} of {len(rows)} images: {summary['refused']}")
+def flow_seconds(sheet: Path, campaign: str, images: int) -> float:
+    from flows.campaign_batch import campaign_batch
+
+    started = time.perf_counter()
+    summary = campaign_batch(sheet=str(sheet), campaign=campaign)
+    seconds = time.perf_counter() - started
+    if summary["images_generated"] != images:
+        raise SystemExit(f"the flow made {summary['images_generated']} of {images} images: {summary['refused']}")
     return seconds
+
+
+def run_flow(rows, home: Path) -> tuple[float, dict[str, int]]:
+    """Seconds of a flow run after a warm-up run (models loaded once, as in a long-lived
+    worker), and what the worker loaded from disk over both."""
+    from ldm_batch.campaign import Workers
+
+    sheet = write_sheet(home / "bench.csv", rows)
+    flow_seconds(sheet, "warmup", len(rows))
+    seconds = flow_seconds(sheet, "measured", len(rows))
+    loads = sum((workers.generator.loads for workers in Workers._cache.values()), Counter())
+    return seconds, dict(loads)
+
+
+def rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def rss_growth(images: int, home: Path) -> dict:
+    """Resident memory over a long flow run, sampled as batches finish."""
+    from ldm_batch import progress
+
+    samples, done = [], [0]
+
+    def on_event(event: str, n: int) -> None:
+        if event == "image":
+            done[0] += n
+            samples.append((done[0], rss_mib()))
+
+    stop = progress.listen(on_event)
+    try:
+        flow_seconds(write_sheet(home / "long.csv", sheet_rows(images, prefix="l")), "long", images)
+    finally:
+        stop()
+    start = next(rss for n, rss in samples if n >= 100)
+    return {"long_run_images": images, "rss_mib_at_100": round(start, 1), "rss_mib_at_end": round(samples[-1][1], 1),
+            "rss_growth_pct": round(100 * (samples[-1][1] - start) / start, 2)}
+
+
+def dask_speedup(rows, home: Path) -> dict:
+    """Images/s of the flow on a LocalCluster of two single-thread workers over one."""
+    from distributed import LocalCluster
+
+    rates = {}
+    for n in (1, 2):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            os.environ["LDM_BATCH_DASK_ADDRESS"] = cluster.scheduler_address
+            try:
+                sheet = write_sheet(home / f"dask-{n}.csv", rows)
+                flow_seconds(sheet, f"dask-{n}-warmup", len(rows))  # each worker loads the models
+                rates[n] = len(rows) / flow_seconds(sheet, f"dask-{n}", len(rows))
+            finally:
+                del os.environ["LDM_BATCH_DASK_ADDRESS"]
+    return {"images_per_second_1_worker": round(rates[1], 2), "images_per_second_2_workers": round(rates[2], 2),
+            "dask_2_workers_speedup": round(rates[2] / rates[1], 3)}
+
+
+def cold_start(home: Path) -> float:
+    """`ldm-batch run` of a one-row sheet in a fresh home with the embedded defaults, to exit."""
+    sheet = write_sheet(home / "one.csv", sheet_rows(1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LDM_BATCH_", "PREFECT_"))}
+    env.update(LDM_BATCH_HOME=str(home / "cold"), LDM_BATCH_EMBEDDED_S3_PORT="28433")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ldm_batch", "run", str(sheet), "--json"], env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - started
+
+
+def run_generator(rows, batch: int) -> float:
+    """The product's own generation code alone (plan, batches, ImageGenerator), no flow:
+    tells the flow's overhead apart from the generator's."""
+    from ldm_batch.generate import ImageGenerator
+    from ldm_batch.plan import group_batches, plan_row
+    from ldm_batch.sheets import read_sheet
+
+    policies = load_policies(REPO_POLICIES)
+    csv = "asset_id,prompt,brand,seed\n" + "".join(f"{a},{p},{b},{i}\n" for i, (a, p, b) in enumerate(rows))
+    sheet = read_sheet("bench.csv", csv.encode(), policies, False)
+    batches = group_batches([job for row in sheet.rows for job in plan_row(row, "bench", policies)], batch)
+    generator = ImageGenerator(policies, "cpu")
+    for each in batches:  # warm-up: loads the model and both LoRAs
+        generator.generate(each)
+    return timed(lambda: [generator.generate(each) for each in batches])
+
+
+def lora_switch() -> dict:
+    """Milliseconds to switch the active brand: set_adapters against unload + load."""
+    pipe, loras = load_pipeline()
+    for brand, path in loras.items():
+        pipe.load_lora_weights(path, adapter_name=brand)
+    brands = list(loras)
+    switch = timed(lambda: [pipe.set_adapters([brands[i % 2]], [1.0]) for i in range(100)]) / 100
+    pipe.unload_lora_weights()
+
+    def reload(i: int) -> None:
+        pipe.unload_lora_weights()
+        pipe.load_lora_weights(loras[brands[i % 2]])
+
+    return {"lora_switch_ms": round(switch * 1000, 2),
+            "lora_reload_ms": round(timed(lambda: [reload(i) for i in range(10)]) / 10 * 1000, 2)}
 
 
 def load_pipeline():
@@ -134,20 +248,44 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--long", type=int, default=320, help="images of the memory run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = sheet_rows(args.images)
-    with tempfile.TemporaryDirectory(prefix="throughput-") as home:
-        flow = run_flow(rows, args.batch, Path(home))
+    report = {"images": args.images, "batch": args.batch, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        home = Path(tmp)
+        with product(home, args.batch):
+            flow, loads = run_flow(rows, home)
+            report["model_loads"] = loads
+            report.update(rss_growth(args.long, home))
+            report.update(dask_speedup(rows, home))
+        report["cold_start_seconds"] = round(cold_start(home), 1)
     batched = run_batched(rows, args.batch)
     naive = run_naive(rows)
+    generator = run_generator(rows, args.batch)
     rate = {name: round(args.images / seconds, 2) for name, seconds in
-            (("flow", flow), ("batched_diffusers", batched), ("naive_loop", naive))}
-    report = {"images": args.images, "batch": args.batch, "threads": torch.get_num_threads(),
-              "images_per_second": rate,
-              "flow_vs_batched_diffusers": round(rate["flow"] / rate["batched_diffusers"], 3),
-              "flow_vs_naive_loop": round(rate["flow"] / rate["naive_loop"], 3)}
+            (("flow", flow), ("batched_diffusers", batched), ("naive_loop", naive), ("generator_alone", generator))}
+    report.update({"images_per_second": rate,
+                   "flow_vs_batched_diffusers": round(rate["flow"] / rate["batched_diffusers"], 3),
+                   "generator_alone_vs_batched_diffusers": round(rate["generator_alone"] / rate["batched_diffusers"], 3),
+                   "flow_vs_naive_loop": round(rate["flow"] / rate["naive_loop"], 3), **lora_switch()})
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+
+
+@contextmanager
+def product(home: Path, batch: int) -> Iterator[None]:
+    """A Prefect server and the embedded SeaweedFS, with the flow's settings in the environment."""
+    from ldm_batch.embedded_s3 import embedded_s3
+    from ldm_batch.orchestration import configure_prefect
+    from ldm_batch.serve import prefect_server
+
+    with prefect_server(home, 28420) as api, embedded_s3(home, 28333) as server:
+        os.environ.update(PREFECT_API_URL=api, LDM_BATCH_HOME=str(home), LDM_BATCH_BATCH_SIZE=str(batch),
+                          LDM_BATCH_S3_ENDPOINT_URL=server.endpoint_url, LDM_BATCH_S3_ACCESS_KEY_ID=server.access_key_id,
+                          LDM_BATCH_S3_SECRET_ACCESS_KEY=server.secret_access_key)
+        configure_prefect(home)
+        yield
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def screen_text(sheet: Sheet, settings: Settings) -> list[PromptVerdict]:
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def generate_batch(batch: Batch, run: RunContext, verdicts: dict[int, PromptVerdict],
                    rows: dict[int, PromptRow], settings: Settings) -> BatchOutcome:
-    slot = partial(concurrency, settings.gpu_slot, strict=True) if settings.gpu_slot else nullcontext
+    # The GPU's slot guards a process worker's GPU; a Dask worker owns its GPU (one thread each).
+    dask = settings.dask_address or settings.dask_workers
+    slot = partial(concurrency, settings.gpu_slot, strict=True) if settings.gpu_slot and not dask else nullcontext
     return process_batch(batch, run, verdicts, rows, Workers.get(settings), device_slot=slot)
 
 
@@ -68,7 +70,7 @@ def task_runner(settings: Settings) -> TaskRunner:
     if settings.dask_workers:
         return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
-    return ThreadPoolTaskRunner()
+    return ThreadPoolTaskRunner(max_workers=2)  # one batch generates while the one before is screened and stored
 
 
 def write_contact_sheet(run: RunContext, workers: Workers, settings: Settings) -> str:

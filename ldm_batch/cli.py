@@ -221,10 +221,10 @@ def submit(sheet: Annotated[Path, typer.Argument(help="CSV or XLSX file")],
     configure_prefect(settings.home)
     server = os.environ.get("PREFECT_API_URL")
     with object_store(settings) as settings:
-        from ldm_batch.campaign import Workers
         from ldm_batch.inbox import Inbox
+        from ldm_batch.storage import ObjectStore
 
-        store = Workers.get(settings).store
+        store = ObjectStore(settings)
         store.ensure_bucket()
         inbox = Inbox(store, settings.inbox_prefix)
         data = sheet.read_bytes()
@@ -251,9 +251,10 @@ def submit(sheet: Annotated[Path, typer.Argument(help="CSV or XLSX file")],
         raise typer.Exit(2 if result["rejected"] else 0)
     for entry in result["processed"]:
         out.print(f"processed {entry['sheet']}: run {entry['run_id']}; report s3://{store.bucket}/{entry['report']}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     for entry in result["rejected"]:
-        err.print(f"[red]rejected[/red] {entry['sheet']}; report s3://{store.bucket}/{entry['report']}", highlight=False)
+        err.print(f"[red]rejected[/red] {entry['sheet']}; report s3://{store.bucket}/{entry['report']}",
+                  highlight=False, soft_wrap=True)
         for p in entry.get("errors", []):
             err.print(f"  row {p['row']}, column {p['column']!r}: {p['message']}", highlight=False)
     if result["rejected"]:
@@ -264,7 +265,7 @@ def _report(report: dict, text: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
     else:
-        out.print(text, highlight=False)
+        out.print(text, highlight=False, soft_wrap=True)
 
 
 def _spool_hint(settings: Settings) -> str:
@@ -697,7 +698,7 @@ def main() -> None:  # pragma: no cover - the console script calls `app`
     app()
 
 
-# -- console -----------------------------------------------------------------------------
+# -- operation ---------------------------------------------------------------------------
 @app.command()
 def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's API")] = 4200,
           workers: Annotated[int | None, typer.Option(help="Workers, one per GPU (default: the GPUs here, at least 1)")] = None,
@@ -715,7 +716,8 @@ def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's A
     count = workers or max(gpu_count(), 1)
     with local_stack(settings, port, count) as env:
         out.print(f"ready: Prefect API {env['PREFECT_API_URL']}, S3 {env['LDM_BATCH_S3_ENDPOINT_URL']}, "
-                  f"{count} worker(s) in pool 'gpu'; logs under {settings.home.resolve()}", highlight=False)
+                  f"{count} worker(s) in pool 'gpu'; logs under {settings.home.resolve()}", highlight=False,
+                  soft_wrap=True)
         out.print(f"submit a sheet:  PREFECT_API_URL={env['PREFECT_API_URL']} ldm-batch submit SHEET",
                   highlight=False, soft_wrap=True)
         try:
@@ -725,6 +727,7 @@ def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's A
         out.print("stopping")
 
 
+# -- console -----------------------------------------------------------------------------
 @app.command()
 def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless behind a proxy")] = "127.0.0.1",
             port: Annotated[int, typer.Option(help="Port")] = 8765, config: ConfigOption = None) -> None:
