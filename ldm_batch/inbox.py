@@ -76,7 +76,10 @@ class Inbox:
 
     def _sheet(self, key: str) -> InboxSheet:
         metadata = self.client.head_object(Bucket=self.store.bucket, Key=key)["Metadata"]
-        sha = hashlib.sha256(self.store.get(key)).hexdigest()  # metadata can lie; the bytes cannot
+        digest = hashlib.sha256()  # metadata can lie; the bytes cannot. Streamed: a sheet may be huge
+        for chunk in self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].iter_chunks(1 << 20):
+            digest.update(chunk)
+        sha = digest.hexdigest()
         name = PurePosixPath(key).name
         return InboxSheet(key, sha, metadata.get("campaign") or sheet_stem(name),
                           metadata.get("use", "commercial"), self._uri(key))

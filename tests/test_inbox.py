@@ -69,11 +69,13 @@ def test_bad_sheets_dropped_in_the_inbox_are_rejected_with_row_and_column(prefec
                             Body=b"asset_id,prompt,variants\nb-1,a red circle,lots\n")
     store.client.put_object(Bucket=store.bucket, Key="inbox/bad-campaign.csv", Body=SHEET.encode(),
                             Metadata={"campaign": "../etc", "use": "resale"})
+    store.client.put_object(Bucket=store.bucket, Key="inbox/huge.csv", Body=b"prompt\n" + b"x" * 20_000_000)
     swept = inbox_sweep()
 
-    assert swept["processed"] == [] and len(swept["rejected"]) == 2
+    assert swept["processed"] == [] and len(swept["rejected"]) == 3
     reports = {entry["sheet"]: report(store, entry["report"]) for entry in swept["rejected"]}
     variants, campaign = reports["inbox/bad-variants.csv"], reports["inbox/bad-campaign.csv"]
+    assert "the policy maximum is 20000000" in reports["inbox/huge.csv"]["errors"][0]["message"]
     assert variants["errors"][0]["row"] == 1 and variants["errors"][0]["column"] == "variants"
     assert "whole number" in variants["errors"][0]["message"]
     assert {e["message"].split(" ")[0] for e in campaign["errors"]} == {"campaign", "use"}
