@@ -30,12 +30,12 @@ from ldm_batch.catalog import CatalogError, verified_path
 from ldm_batch.config import Settings
 from ldm_batch.cost import image_cost
 from ldm_batch.generate import GeneratedImage, ImageGenerator, quiet_libraries, resolve_device
+from ldm_batch.licenses import LicenseRefused
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies, load_policies
 from ldm_batch.provenance import Marker, pixels_sha256
 from ldm_batch.safety.image import ImageScreen, ImageVerdict
 from ldm_batch.safety.text import PromptVerdict, TextScreen
-from ldm_batch.licenses import LicenseRefused
 from ldm_batch.sheets import PromptRow, SheetInvalid, SkippedRow
 from ldm_batch.spool import Spool
 from ldm_batch.storage import ObjectStore
