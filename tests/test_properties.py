@@ -16,7 +16,8 @@ from ldm_batch.policies import load_policies
 from ldm_batch.sheets import MAX_SEED, SAFE_NAME, PromptRow, SheetInvalid, read_sheet
 
 POLICIES = load_policies(REPO / "policies")
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomized: CI sees the same 150 examples every run; set derandomize=False to explore further
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 safe_names = st.from_regex(SAFE_NAME, fullmatch=True)
 # prompts a person would type: printable text with line breaks, not starting like a formula
@@ -57,7 +58,8 @@ def test_arbitrary_bytes_are_a_sheet_or_a_clear_refusal(data):
 
 
 @SETTINGS
-@given(st.lists(st.one_of(safe_names, st.text(st.characters(blacklist_characters="\x00"), max_size=30)),
+@given(st.lists(st.one_of(safe_names, st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                                              max_size=30)),  # any text a UTF-8 file can hold
                 min_size=1, max_size=6))
 def test_skip_invalid_rows_keeps_exactly_the_valid_ones(asset_ids):
     data = csv_bytes([{"asset_id": a, "prompt": "a red circle", "seed": 1, "variants": 1} for a in asset_ids])
