@@ -19,6 +19,7 @@ from PIL import Image
 from ldm_batch.catalog import LOADING, verified_path
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies
+from ldm_batch.torch_thread import on_torch_thread
 
 
 @dataclass
@@ -118,7 +119,11 @@ class ImageGenerator:
 
     def generate(self, batch: Batch, cpu_threads: int | None = None) -> list[GeneratedImage]:
         """`cpu_threads`: torch's intra-op threads for this call (on CPU the last bits of the
-        sums, and so some pixels, depend on it); None keeps the process's setting."""
+        sums, and so some pixels, depend on it); None keeps the process's setting. Runs on
+        the process's torch thread, whichever thread calls it."""
+        return on_torch_thread(self._generate, batch, cpu_threads)
+
+    def _generate(self, batch: Batch, cpu_threads: int | None) -> list[GeneratedImage]:
         s = batch.settings
         with self._lock:  # one pipeline call at a time; adapters and thread count are process state
             pipe, model_sha = self.pipeline(s.model)

@@ -54,3 +54,33 @@ def test_pipeline_and_loras_load_once_and_brands_switch_adapters(policies):
     # each brand gives the same image every time it comes back, and the brands differ
     assert all(len(d) == 1 for d in digests.values())
     assert len({next(iter(d)) for d in digests.values()}) == 3
+
+
+def test_torch_work_runs_on_one_thread_whichever_thread_asks(policies):
+    """The flow's two batch threads both generate and screen; torch must see one thread
+    (a second one slows every pipeline call, see ldm_batch/torch_thread.py)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ldm_batch.generate import ImageGenerator
+    from ldm_batch.plan import group_batches, plan_row
+    from ldm_batch.safety.image import ImageScreen
+    from ldm_batch.sheets import PromptRow
+
+    generator, screen = ImageGenerator(policies, "cpu"), ImageScreen(policies)
+    batches = [group_batches(plan_row(PromptRow(row=i, asset_id=f"a-{i}", prompt="a red star", brand=brand, seed=i),
+                                      "c", policies), 4)[0]
+               for i, brand in enumerate(["acme", "globex", None, "acme"], start=1)]
+    generator.generate(batches[0])  # loads the model
+    ran_on = set()
+    record = lambda *_: ran_on.add(threading.current_thread().name)  # noqa: E731
+    generator.pipeline("demo-tiny-sd")[0].unet.register_forward_pre_hook(record)
+    screen.model.visual.register_forward_pre_hook(record)
+
+    def generate_and_screen(batch):
+        return screen.screen_images([g.image for g in generator.generate(batch)])
+
+    with ThreadPoolExecutor(2) as threads:
+        verdicts = list(threads.map(generate_and_screen, batches))
+    assert [len(v) for v in verdicts] == [1, 1, 1, 1]
+    assert len(ran_on) == 1 and threading.current_thread().name not in ran_on

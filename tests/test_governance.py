@@ -15,6 +15,7 @@ from conftest import REPO
 from ldm_batch.audit import AuditLog
 from ldm_batch.cli import app
 from ldm_batch.storage import ObjectStore
+from ldm_batch.torch_thread import on_torch_thread
 
 SMALL = str(REPO / "examples" / "campaign_small.csv")
 
@@ -88,12 +89,12 @@ def test_reproduce_from_the_audit_log_is_byte_identical(campaign_run, settings):
     runtime = record["runtime"]
     assert (runtime["dtype"], runtime["compiled"]) == ("float32", False)
     assert runtime["attention"] == ["AttnProcessor2_0"]  # PyTorch scaled-dot-product attention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if runtime["cpu_threads"] > 1 else 2)
+    threads = on_torch_thread(torch.get_num_threads)  # where generation runs
+    on_torch_thread(torch.set_num_threads, 1 if runtime["cpu_threads"] > 1 else 2)
     try:
         again = json.loads(CliRunner().invoke(app, ["audit", "reproduce", record["image_sha256"], "--json"]).stdout)
     finally:
-        torch.set_num_threads(threads)
+        on_torch_thread(torch.set_num_threads, threads)
     assert again["identical"] and again["notes"] == []
 
 

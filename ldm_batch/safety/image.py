@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from ldm_batch.catalog import LOADING, verified_path
 from ldm_batch.policies import ImageConcept, ImageSafetyPolicy, Policies
 from ldm_batch.safety.text import Decision
+from ldm_batch.torch_thread import on_torch_thread
 
 SEVERITY = {"allow": 0, "review": 1, "block": 2}
 
@@ -34,6 +35,9 @@ class ImageVerdict(BaseModel):
 
 class ImageScreen:
     def __init__(self, policies: Policies, device: str = "cpu"):
+        on_torch_thread(self._load, policies, device)
+
+    def _load(self, policies: Policies, device: str) -> None:
         import open_clip
 
         self.policy: ImageSafetyPolicy = policies.image_safety
@@ -59,9 +63,12 @@ class ImageScreen:
             self.nsfw = NSFWClassifier(str(nsfw_path), intra_op_num_threads=torch.get_num_threads())
             self.screen += f"+{nsfw_entry.id}@{nsfw_sha[:12]}"
 
-    @torch.no_grad()
     def scores(self, images: list[Image.Image]) -> list[dict[str, float]]:
         """Per image: each concept's probability against the neutral concepts."""
+        return on_torch_thread(self._scores, images)
+
+    @torch.no_grad()
+    def _scores(self, images: list[Image.Image]) -> list[dict[str, float]]:
         pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
         embeddings = self.model.encode_image(pixels)
         embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)

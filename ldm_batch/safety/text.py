@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
+from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
 WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*|[@$]")
@@ -101,7 +102,7 @@ class TextScreen:
         self.unavailable: str | None = None
         if self.policy.classifier is not None:
             try:
-                self.classifier = load_classifier(policies, policies_dir)
+                self.classifier = on_torch_thread(load_classifier, policies, policies_dir)
             except ClassifierUnavailable as exc:
                 self.unavailable = str(exc)
         self.id = self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
@@ -114,7 +115,8 @@ class TextScreen:
         classifier_scores: list[dict[str, float]] = [{} for _ in prompts]
         if self.classifier is not None and prompts:
             try:
-                classifier_scores = self.classifier.scores([" ".join(w for w in m if w) for m in masked])
+                texts = [" ".join(w for w in m if w) for m in masked]
+                classifier_scores = on_torch_thread(self.classifier.scores, texts)
             except Exception as exc:  # any classifier fault: fail closed, say why
                 failure = f"text classifier failed: {type(exc).__name__}: {exc}"
         return [self._verdict(p, m, s, r, failure) for p, m, s, r in zip(prompts, masked, classifier_scores, rules)]
