@@ -12,6 +12,7 @@ send their torch work here. It also makes the calls one at a time, as one device
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,16 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _here = threading.local()
-_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldm-batch-torch",
-                               initializer=lambda: setattr(_here, "torch_thread", True))
+
+
+def _start() -> None:
+    global _executor
+    _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldm-batch-torch",
+                                   initializer=lambda: setattr(_here, "torch_thread", True))
+
+
+_start()
+os.register_at_fork(after_in_child=_start)  # a forked child has no threads: give it its own
 
 
 def on_torch_thread(fn: Callable[..., T], /, *args, **kwargs) -> T:

@@ -84,3 +84,32 @@ def test_torch_work_runs_on_one_thread_whichever_thread_asks(policies):
         verdicts = list(threads.map(generate_and_screen, batches))
     assert [len(v) for v in verdicts] == [1, 1, 1, 1]
     assert len(ran_on) == 1 and threading.current_thread().name not in ran_on
+
+
+def _sum_on_torch_thread_and_report(results) -> None:
+    from ldm_batch.torch_thread import on_torch_thread
+
+    try:
+        results.put(on_torch_thread(sum, [1, 2, 3]))
+    except BaseException as exc:  # the child's traceback would be lost to pytest's capture
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_forked_child_runs_torch_work_on_its_own_torch_thread():
+    """A child forked after the torch thread started (multiprocessing's fork start method)
+    inherits none of its threads; its torch work must still run, not wait forever.
+    (Its exit code is not ours to check: after a flow ran in the parent, Prefect's at-exit
+    service drain fails in a forked child.)"""
+    import multiprocessing
+
+    from ldm_batch.torch_thread import on_torch_thread
+
+    on_torch_thread(int)  # the parent's torch thread is running
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    child = fork.Process(target=_sum_on_torch_thread_and_report, args=(results,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert results.get(timeout=5) == 6
