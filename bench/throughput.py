@@ -88,20 +88,20 @@ def flow_seconds(sheet: Path, campaign: str, images: int) -> float:
     started = time.perf_counter()
     summary = campaign_batch(sheet=str(sheet), campaign=campaign)
     seconds = time.perf_counter() - started
-    if summary["images_generated"] != images:
-        raise SystemExit(f"the flow made {summary['images_generated']} of {images} images: {summary['refused']}")
+    if summary.images_generated != images:
+        raise SystemExit(f"the flow made {summary.images_generated} of {images} images: {summary.refused}")
     return seconds
 
 
 def run_flow(rows, home: Path) -> tuple[float, dict[str, int]]:
     """Seconds of a flow run after a warm-up run (models loaded once, as in a long-lived
     worker), and what the worker loaded from disk over both."""
-    from ldm_batch.campaign import Workers
+    from ldm_batch.parts import Parts
 
     sheet = write_sheet(home / "bench.csv", rows)
     flow_seconds(sheet, "warmup", len(rows))
     seconds = flow_seconds(sheet, "measured", len(rows))
-    loads = sum((workers.generator.loads for workers in Workers._cache.values()), Counter())
+    loads = sum((parts.generator.loads for parts in Parts.loaded()), Counter())
     return seconds, dict(loads)
 
 

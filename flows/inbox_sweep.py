@@ -14,26 +14,27 @@ import socket
 from prefect import flow, runtime
 
 from flows.campaign_batch import campaign_batch
-from ldm_batch.campaign import Workers, refusal_problems
-from ldm_batch.config import load_settings
+from ldm_batch.config import current_settings
 from ldm_batch.inbox import Inbox, InboxSheet
+from ldm_batch.parts import Parts
+from ldm_batch.problems import Problem, Refused
 
 
 @flow(name="inbox-sweep")
-def inbox_sweep(keys: list[str] | None = None, config: str | None = None) -> dict:
+def inbox_sweep(keys: list[str] | None = None) -> dict:
     """Returns {"processed": [...], "rejected": [...], "waiting": [...], "failed": [...]}, each
     entry naming the sheet, its report and (for runs) the run id; fails if any run failed."""
-    settings = load_settings(config)
-    workers = Workers.get(settings)
-    workers.store.ensure_bucket()
-    inbox = Inbox(workers.store, settings.inbox_prefix)
+    settings = current_settings()
+    store = Parts.of(settings).store
+    store.ensure_bucket()
+    inbox = Inbox(store, settings.inbox_prefix)
     me = f"{socket.gethostname()}/{runtime.flow_run.id or 'local'}"
     result = {"processed": [], "rejected": [], "waiting": [], "failed": []}
     for sheet in inbox.waiting(keys):
         if not inbox.claim(sheet, by=me):
             outcome, entry = _already_taken(inbox, sheet)
         else:
-            outcome, entry = _run(inbox, sheet, config)
+            outcome, entry = _run(inbox, sheet)
         result[outcome].append(entry)
     if result["failed"]:
         raise RuntimeError(f"{len(result['failed'])} inbox sheet(s) failed and stay in the inbox for the next "
@@ -41,21 +42,24 @@ def inbox_sweep(keys: list[str] | None = None, config: str | None = None) -> dic
     return result
 
 
-def _run(inbox: Inbox, sheet: InboxSheet, config: str | None) -> tuple[str, dict]:
+def _run(inbox: Inbox, sheet: InboxSheet) -> tuple[str, dict]:
     if problems := inbox.problems(sheet):
-        report = inbox.file(sheet, "rejected", {"errors": problems})
-        return "rejected", {"sheet": sheet.key, "report": report, "errors": problems}
+        return _reject(inbox, sheet, problems)
     try:
-        summary = campaign_batch(sheet=sheet.uri, campaign=sheet.campaign, use=sheet.use, config=config)
-    except Exception as exc:
-        problems = refusal_problems(exc)
-        if problems is None:  # not the sheet's fault: try again next sweep
-            inbox.release(sheet)
-            return "failed", {"sheet": sheet.key, "error": f"{type(exc).__name__}: {exc}"}
-        report = inbox.file(sheet, "rejected", {"campaign": sheet.campaign, "errors": problems})
-        return "rejected", {"sheet": sheet.key, "report": report, "errors": problems}
-    report = inbox.file(sheet, "processed", summary)
-    return "processed", {"sheet": sheet.key, "report": report, "run_id": summary["run_id"]}
+        summary = campaign_batch(sheet=sheet.uri, campaign=sheet.campaign, use=sheet.use)
+    except Refused as exc:
+        return _reject(inbox, sheet, exc.problems, campaign=sheet.campaign)
+    except Exception as exc:  # not the sheet's fault: try again next sweep
+        inbox.release(sheet)
+        return "failed", {"sheet": sheet.key, "error": f"{type(exc).__name__}: {exc}"}
+    report = inbox.file(sheet, "processed", summary.model_dump(mode="json"))
+    return "processed", {"sheet": sheet.key, "report": report, "run_id": summary.run_id}
+
+
+def _reject(inbox: Inbox, sheet: InboxSheet, problems: list[Problem], **extra) -> tuple[str, dict]:
+    errors = [p.model_dump() for p in problems]
+    report = inbox.file(sheet, "rejected", {**extra, "errors": errors})
+    return "rejected", {"sheet": sheet.key, "report": report, "errors": errors}
 
 
 def _already_taken(inbox: Inbox, sheet: InboxSheet) -> tuple[str, dict]:
@@ -68,6 +72,5 @@ def _already_taken(inbox: Inbox, sheet: InboxSheet) -> tuple[str, dict]:
     if claim.get("sheet") == sheet.key:  # filed its report, then stopped before moving the sheet
         return outcome, {"sheet": sheet.key, "report": inbox.file(sheet, outcome, None)}
     message = f"the same sheet (sha256 {sheet.sha256}) was run before; its report: {report_key}"
-    report = inbox.file(sheet, "rejected", {"errors": [{"row": None, "column": None, "message": message}],
-                                            "duplicate_of": report_key})
-    return "rejected", {"sheet": sheet.key, "report": report, "duplicate_of": report_key}
+    outcome, entry = _reject(inbox, sheet, [Problem(message=message)], duplicate_of=report_key)
+    return outcome, {**entry, "duplicate_of": report_key}

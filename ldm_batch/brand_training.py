@@ -27,17 +27,12 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ldm_batch.catalog import LOADING, verified_path, weights_sha256
 from ldm_batch.policies import BrandTrainingPolicy, License, Policies
+from ldm_batch.problems import BrandTrainingError, Problem
 from ldm_batch.safety.text import TextScreen
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 SOFTWARE = ("ldm-batch", "torch", "diffusers", "peft", "transformers")
-
-
-class BrandTrainingError(Exception):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def collect_images(directory: Path, captions_file: Path | None, policy: BrandTrainingPolicy,
@@ -48,7 +43,7 @@ def collect_images(directory: Path, captions_file: Path | None, policy: BrandTra
     if captions_file is not None:
         table = pd.read_csv(captions_file, dtype=str, keep_default_na=False)
         if not {"file", "caption"} <= set(table.columns):
-            raise BrandTrainingError([f"{captions_file}: needs the columns file and caption"])
+            raise BrandTrainingError([Problem(file=str(captions_file), message="needs the columns file and caption")])
         captions = dict(zip(table["file"], table["caption"]))
     files = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     problems, images, seen = [], [], {}
@@ -58,15 +53,15 @@ def collect_images(directory: Path, captions_file: Path | None, policy: BrandTra
             with Image.open(io.BytesIO(data)) as opened:
                 pixels = opened.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
-            problems.append(f"{path.name}: not a readable image ({exc})")
+            problems.append(Problem(file=path.name, message=f"not a readable image ({exc})"))
             continue
         if min(pixels.size) < policy.min_size:
-            problems.append(f"{path.name}: {pixels.size[0]}x{pixels.size[1]} is smaller than the policy's "
-                            f"{policy.min_size} pixels")
+            problems.append(Problem(file=path.name, message=f"{pixels.size[0]}x{pixels.size[1]} is smaller than "
+                                                            f"the policy's {policy.min_size} pixels"))
             continue
         sha = hashlib.sha256(data).hexdigest()
         if sha in seen:
-            problems.append(f"{path.name}: the same image as {seen[sha]}; each image once")
+            problems.append(Problem(file=path.name, message=f"the same image as {seen[sha]}; each image once"))
             continue
         seen[sha] = path.name
         sidecar = path.with_suffix(".txt")
@@ -74,12 +69,15 @@ def collect_images(directory: Path, captions_file: Path | None, policy: BrandTra
                                               path.stem.replace("_", " ").replace("-", " "))
         images.append({"file": path.name, "sha256": sha, "caption": caption, "pixels": pixels})
     verdicts = screen.screen([i["caption"] for i in images], [brand] * len(images)) if images else []
-    problems += [f"{i['file']}: caption {i['caption']!r} refused by the text screen ({'; '.join(v.reasons)})"
+    problems += [Problem(file=i["file"], message=f"caption {i['caption']!r} refused by the text screen "
+                                                  f"({'; '.join(v.reasons)})")
                  for i, v in zip(images, verdicts) if v.decision != "allow"]
     if len(images) < policy.min_images:
-        problems.append(f"{directory}: {len(images)} usable images; the policy needs at least {policy.min_images}")
+        problems.append(Problem(file=str(directory), message=f"{len(images)} usable images; the policy needs at "
+                                                             f"least {policy.min_images}"))
     if len(images) > policy.max_images:
-        problems.append(f"{directory}: {len(images)} images; the policy allows at most {policy.max_images}")
+        problems.append(Problem(file=str(directory), message=f"{len(images)} images; the policy allows at most "
+                                                             f"{policy.max_images}"))
     if problems:
         raise BrandTrainingError(problems)
     return images

@@ -11,16 +11,14 @@ import hashlib
 import threading
 from pathlib import Path
 
+from ldm_batch.problems import CatalogError
+
 DEMO_KIT = Path(__file__).parent / "demo_kit" / "weights"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # can run code when loaded
 # Building models is not thread-safe: diffusers/accelerate create modules on the "meta"
 # device by patching torch process-wide while loading, so a model built in another thread
 # at that moment gets meta tensors. Every model construction in the package holds this.
 LOADING = threading.RLock()
-
-
-class CatalogError(Exception):
-    """Weights are missing, not safetensors, or do not match the catalog's sha256."""
 
 
 def weights_sha256(path: Path) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import yaml
@@ -63,3 +66,24 @@ def load_settings(config_file: Path | None = None, **overrides) -> Settings:
         if not isinstance(values, dict):
             raise ValueError(f"{config_file}: expected a mapping of setting names to values")
     return Settings(**values, **overrides)
+
+
+_IN_USE: ContextVar[Settings | None] = ContextVar("ldm_batch_settings", default=None)
+
+
+@contextmanager
+def settings_in_use(settings: Settings) -> Iterator[Settings]:
+    """Hand settings to the flows run inside the block (the CLI's, with the embedded S3's
+    endpoint and keys), as a value rather than through the process environment."""
+    token = _IN_USE.set(settings)
+    try:
+        yield settings
+    finally:
+        _IN_USE.reset(token)
+
+
+def current_settings() -> Settings:
+    """The settings a flow runs with: those the caller put in use, else this process's own
+    (a Prefect worker's environment). Never a flow parameter: a deployment's caller must
+    not be able to point a run at other policies or another store."""
+    return _IN_USE.get() or load_settings()

@@ -41,6 +41,14 @@ class EmbeddedS3:
     reader_access_key_id: str  # the delivery-reader identity
     reader_secret_access_key: str
 
+    def client_settings(self, settings):
+        """`settings` pointed at this server with the pipeline identity."""
+        from pydantic import SecretStr
+
+        return settings.model_copy(update={"s3_endpoint_url": self.endpoint_url,
+                                           "s3_access_key_id": self.access_key_id,
+                                           "s3_secret_access_key": SecretStr(self.secret_access_key)})
+
 
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))

@@ -24,9 +24,8 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Literal, get_args
 
-from botocore.exceptions import ClientError
-
 from ldm_batch.licenses import Use
+from ldm_batch.problems import Problem
 from ldm_batch.sheets import SAFE_NAME, sheet_stem
 from ldm_batch.storage import ObjectStore
 
@@ -49,37 +48,26 @@ class InboxSheet:
 class Inbox:
     def __init__(self, store: ObjectStore, prefix: str = "inbox/"):
         self.store = store
-        self.client = store.client
         self.prefix = prefix
 
     def submit(self, name: str, data: bytes, campaign: str | None = None, use: str = "commercial") -> InboxSheet:
-        """Put a sheet into the inbox, named by its digest so two people's `spring.csv` differ."""
+        """Put a sheet into the inbox, named by its digest so two people's `spring.csv` differ.
+        An identical submission that still waits is left as it is: one object is enough."""
         sha = hashlib.sha256(data).hexdigest()
         key = f"{self.prefix}{sha[:12]}-{name}"
         metadata = {"campaign": campaign or sheet_stem(name), "use": use, "sha256": sha}
-        try:
-            self.client.put_object(Bucket=self.store.bucket, Key=key, Body=data, Metadata=metadata,
-                                   IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("PreconditionFailed", "412"):
-                raise  # an identical submission that still waits: one object is enough
+        self.store.put_new(key, data, metadata)
         return InboxSheet(key, sha, metadata["campaign"], use, self._uri(key))
 
     def waiting(self, keys: list[str] | None = None) -> list[InboxSheet]:
         """Sheets in the inbox, oldest first (all of them, or those of `keys`)."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.store.bucket, Prefix=self.prefix, Delimiter="/")
-        objects = sorted((obj for page in pages for obj in page.get("Contents", [])),
-                         key=lambda obj: (obj["LastModified"], obj["Key"]))
+        objects = sorted(self.store.children(self.prefix), key=lambda obj: (obj["LastModified"], obj["Key"]))
         return [self._sheet(obj["Key"]) for obj in objects
                 if obj["Key"] != self.prefix and (keys is None or obj["Key"] in keys)]
 
     def _sheet(self, key: str) -> InboxSheet:
-        metadata = self.client.head_object(Bucket=self.store.bucket, Key=key)["Metadata"]
-        digest = hashlib.sha256()  # metadata can lie; the bytes cannot. Streamed: a sheet may be huge
-        for chunk in self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].iter_chunks(1 << 20):
-            digest.update(chunk)
-        sha = digest.hexdigest()
+        metadata = (self.store.head(key) or {}).get("Metadata", {})
+        sha = self.store.sha256(key)  # metadata can lie; the bytes cannot
         name = PurePosixPath(key).name
         return InboxSheet(key, sha, metadata.get("campaign") or sheet_stem(name),
                           metadata.get("use", "commercial"), self._uri(key))
@@ -87,26 +75,15 @@ class Inbox:
     def claim(self, sheet: InboxSheet, by: str) -> bool:
         """Take a sheet for one run; False when some sweep took these bytes before."""
         body = json.dumps({"sheet": sheet.key, "by": by, "claimed_at": datetime.now(UTC).isoformat()})
-        try:
-            self.client.put_object(Bucket=self.store.bucket, Key=self._claim_key(sheet), Body=body.encode(),
-                                   ContentType="application/json", IfNoneMatch="*")
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
-                return False
-            raise
+        return self.store.put_new(self._claim_key(sheet), body.encode(), content_type="application/json")
 
     def claimed_by(self, sheet: InboxSheet) -> dict | None:
-        try:
-            return json.loads(self.store.get(self._claim_key(sheet)))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        body = self.store.get_or_none(self._claim_key(sheet))
+        return None if body is None else json.loads(body)
 
     def release(self, sheet: InboxSheet) -> None:
         """Give a claim back after a failed run, so the next sweep tries the sheet again."""
-        self.client.delete_object(Bucket=self.store.bucket, Key=self._claim_key(sheet))
+        self.store.delete(self._claim_key(sheet))
 
     def report(self, sha256: str) -> tuple[Outcome, str] | None:
         """Where the report of these bytes' first run lies, if it finished."""
@@ -128,25 +105,22 @@ class Inbox:
             body = {"sheet": sheet.key, "sha256": sheet.sha256, "outcome": outcome,
                     "filed_at": datetime.now(UTC).isoformat(), **report}
             self.store.put_report(report_key, json.dumps(body, indent=2, default=str).encode(), "application/json")
-        try:
-            self.client.copy_object(Bucket=self.store.bucket, Key=f"{folder}{sheet.name}",
-                                    CopySource={"Bucket": self.store.bucket, "Key": sheet.key})
-        except ClientError as exc:
-            if report is not None or exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
-                raise
+        if not self.store.copy(sheet.key, f"{folder}{sheet.name}"):
+            if report is not None:
+                raise FileNotFoundError(f"s3://{self.store.bucket}/{sheet.key} vanished before it was filed")
             return report_key  # the sweep that ran it finished the move meanwhile
-        self.client.delete_object(Bucket=self.store.bucket, Key=sheet.key)
+        self.store.delete(sheet.key)
         return report_key
 
-    def problems(self, sheet: InboxSheet) -> list[dict]:
+    def problems(self, sheet: InboxSheet) -> list[Problem]:
         """What is wrong with the submitter's campaign name or use, as sheet problems."""
         problems = []
         if not SAFE_NAME.match(sheet.campaign):
-            problems.append({"row": None, "column": None, "message": f"campaign {sheet.campaign!r} (object metadata): "
-                             "use 1-128 letters, digits, '.', '_' or '-'"})
+            problems.append(Problem(file="object metadata", message=f"campaign {sheet.campaign!r}: "
+                                    "use 1-128 letters, digits, '.', '_' or '-'"))
         if sheet.use not in get_args(Use):
-            problems.append({"row": None, "column": None, "message": f"use {sheet.use!r} (object metadata): "
-                             f"use one of {', '.join(get_args(Use))}"})
+            problems.append(Problem(file="object metadata", message=f"use {sheet.use!r}: "
+                                    f"use one of {', '.join(get_args(Use))}"))
         return problems
 
     def _claim_key(self, sheet: InboxSheet) -> str:

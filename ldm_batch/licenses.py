@@ -10,6 +10,7 @@ from typing import Literal
 
 from ldm_batch.plan import ImageJob
 from ldm_batch.policies import License, Policies
+from ldm_batch.problems import Problem
 
 Use = Literal["commercial", "non-commercial"]
 
@@ -18,8 +19,8 @@ def allows(license: License, use: Use) -> bool:
     return use == "non-commercial" or license.commercial_use
 
 
-def license_problems(jobs: list[ImageJob], policies: Policies, use: Use) -> list[dict]:
-    """One problem per sheet row and refused model or LoRA, as {row, column, message}."""
+def license_problems(jobs: list[ImageJob], policies: Policies, use: Use) -> list[Problem]:
+    """One problem per sheet row and refused model or LoRA."""
     loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
     problems, seen = [], set()
     for job in jobs:
@@ -31,15 +32,7 @@ def license_problems(jobs: list[ImageJob], policies: Policies, use: Use) -> list
                 continue
             seen.add((job.row, name))
             kind = "model" if column == "model" else "LoRA"
-            problems.append({"row": job.row, "column": column, "message": (
+            problems.append(Problem(row=job.row, column=column, message=(
                 f"{kind} {name!r} is licensed under {license.id}, which does not allow {use} use"
-                f"{f' ({license.url})' if license.url else ''}; choose another {kind} or declare the campaign's use")})
+                f"{f' ({license.url})' if license.url else ''}; choose another {kind} or declare the campaign's use")))
     return problems
-
-
-class LicenseRefused(Exception):
-    """The run would use weights whose license does not allow the campaign's use."""
-
-    def __init__(self, problems: list[dict]):
-        self.problems = problems
-        super().__init__("; ".join(f"row {p['row']}: {p['message']}" for p in problems))

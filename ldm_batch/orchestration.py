@@ -25,3 +25,17 @@ def configure_prefect(home: Path) -> None:
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+
+
+# The flows by deployment name, as prefect.yaml's entrypoints name them. The library does not
+# import flows/ statically (flows wire ldm_batch, not the other way round); the CLI runs a
+# flow in-process by looking it up here.
+ENTRYPOINTS = {"campaign-batch": "flows.campaign_batch:campaign_batch", "inbox-sweep": "flows.inbox_sweep:inbox_sweep"}
+
+
+def local_flow(name: str):
+    """The flow object of a deployment name, to run in this process."""
+    import importlib
+
+    module, _, attribute = ENTRYPOINTS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)

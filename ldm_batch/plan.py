@@ -49,6 +49,8 @@ class ImageJob(BaseModel):
     settings: GenerationSettings
     seed: int
     key: str
+    text_verdict: dict = {}  # the row's text screen verdict, copied into the image's audit record
+    metadata: dict[str, str] = {}  # the row's extra columns, kept with the image
 
 
 class Batch(BaseModel):
@@ -74,7 +76,8 @@ def derive_seed(row: PromptRow, variant: int) -> int:
     return int(_digest({"row": content, "variant": variant})[:8], 16)
 
 
-def plan_row(row: PromptRow, campaign: str, policies: Policies) -> list[ImageJob]:
+def plan_row(row: PromptRow, campaign: str, policies: Policies, text_verdict: dict | None = None) -> list[ImageJob]:
+    """The row's images, each with its seed and key; `text_verdict` rides along to the record."""
     model_id = row.model or policies.default_model
     defaults = policies.models[model_id].defaults
     brand = policies.brands.get(row.brand) if row.brand else None
@@ -99,7 +102,8 @@ def plan_row(row: PromptRow, campaign: str, policies: Policies) -> list[ImageJob
         key = f"{campaign}/{row.asset_id}/{row.asset_id}-v{variant + 1}-{_digest(spec)[:16]}.png"
         jobs.append(ImageJob(row=row.row, asset_id=row.asset_id, variant=variant + 1, campaign=campaign,
                              brand=row.brand, prompt=prompt, negative_prompt=row.negative_prompt,
-                             settings=settings, seed=seed, key=key))
+                             settings=settings, seed=seed, key=key, text_verdict=text_verdict or {},
+                             metadata=row.metadata))
     return jobs
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ldm_batch.problems import PolicyError
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -162,10 +164,6 @@ class Policies(Strict):
     costs: CostRates
     provenance: ProvenancePolicy
     brand_training: BrandTrainingPolicy
-
-
-class PolicyError(Exception):
-    """A policy file is missing or invalid; the message names the file and the field."""
 
 
 def _load_yaml(path: Path):

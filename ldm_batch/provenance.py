@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -24,6 +25,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from ldm_batch.config import Settings
 from ldm_batch.policies import ProvenancePolicy
+
+if TYPE_CHECKING:
+    from ldm_batch.generate import GeneratedImage
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 XMP = f"""<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
@@ -65,6 +69,13 @@ class Marker:
         return {"xmp_digital_source_type": TRAINED_ALGORITHMIC_MEDIA,
                 "watermark": self.watermark.model_dump() if self.watermark else None,
                 "c2pa": {"signed": True, "certificate": self.signer_name} if self.signer else None}
+
+    def encode_generated(self, generated: GeneratedImage) -> bytes:
+        """The PNG stored for a generated image, marked with how it was made."""
+        job = generated.job
+        parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
+                      "model_sha256": generated.model_sha256, **job.settings.model_dump(mode="json")}
+        return self.encode(generated.image, parameters)
 
     def encode(self, image: Image.Image, parameters: dict) -> bytes:
         if self.watermark:

@@ -12,9 +12,10 @@ import hashlib
 from pydantic import BaseModel
 
 from ldm_batch.audit import AuditRecord
-from ldm_batch.campaign import Workers, encode, store_image
+from ldm_batch.parts import Parts
 from ldm_batch.plan import Batch, GenerationSettings, ImageJob, LoraUse
 from ldm_batch.provenance import pixels_sha256
+from ldm_batch.reconcile import store_image
 
 
 class Reproduction(BaseModel):
@@ -37,33 +38,33 @@ def job_from_record(record: dict) -> ImageJob:
                     key=record["image_key"])
 
 
-def regenerate(record: dict, workers: Workers) -> tuple[bytes, list[str]]:
+def regenerate(record: dict, parts: Parts) -> tuple[bytes, list[str]]:
     """The image of an audit record made again, in its recorded batch, and notes on anything
     that may keep it from matching."""
     members: dict[str, dict] = {}
-    for member in workers.audit.query(batch_id=record["batch_id"], kind="image"):
+    for member in parts.audit.query(batch_id=record["batch_id"], kind="image"):
         members.setdefault(member["image_key"], member)
     ordered = sorted(members.values(), key=lambda r: r["batch_index"])
     notes = []
     if len(ordered) != record["batch_size"]:
         notes.append(f"the log holds {len(ordered)} of the batch's {record['batch_size']} images; "
                      "bytes may differ")
-    entry = workers.policies.models[record["model_id"]]
+    entry = parts.policies.models[record["model_id"]]
     if entry.sha256 and entry.sha256 != record["model_sha256"]:
         notes.append("the catalog's weights for this model have changed since the image was made")
     batch = Batch(settings=job_from_record(record).settings, jobs=[job_from_record(r) for r in ordered])
     runtime = record.get("runtime") or {}
-    generated = {g.job.key: g for g in workers.generator.generate(batch, runtime.get("cpu_threads"))}[
+    generated = {g.job.key: g for g in parts.generator.generate(batch, runtime.get("cpu_threads"))}[
         record["image_key"]]
     differs = {k: (v, generated.runtime.get(k)) for k, v in runtime.items()
                if k != "cpu_threads" and generated.runtime.get(k) != v}
     if differs:
         notes.append("computed differently now: " + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in differs.items()))
-    return encode(generated, workers.marker), notes
+    return parts.marker.encode_generated(generated), notes
 
 
-def reproduce(record: dict, workers: Workers) -> Reproduction:
-    png, notes = regenerate(record, workers)
+def reproduce(record: dict, parts: Parts) -> Reproduction:
+    png, notes = regenerate(record, parts)
     digest = hashlib.sha256(png).hexdigest()
     return Reproduction(image_key=record["image_key"], identical=digest == record["image_sha256"],
                         pixels_identical=pixels_sha256(png) == record.get("pixels_sha256"),
@@ -71,11 +72,11 @@ def reproduce(record: dict, workers: Workers) -> Reproduction:
                         batch_size=record["batch_size"], notes=notes)
 
 
-def restore_object(record: AuditRecord, workers: Workers) -> None:
+def restore_object(record: AuditRecord, parts: Parts) -> None:
     """Put back the object of an audited image that was lost (and is not in the spool):
     regenerated in its recorded batch, stored only if it has the audited sha256."""
-    png, notes = regenerate(record.model_dump(mode="json"), workers)
+    png, notes = regenerate(record.model_dump(mode="json"), parts)
     if hashlib.sha256(png).hexdigest() != record.image_sha256:
         raise RuntimeError(f"{record.image_key}: its object is lost and a regeneration differs from the audited "
                            f"sha256 ({'; '.join(notes) or 'C2PA signatures differ on every signing'}); not stored")
-    store_image(workers, record, png)
+    store_image(parts.store, parts.spool, record, png)

@@ -22,10 +22,11 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ldm_batch.policies import Policies, SheetLimits
+from ldm_batch.problems import Problem, SheetInvalid
 
 MAX_SEED = 2**32 - 1
 # Asset ids and campaign names become parts of S3 keys: keep them to safe characters.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: no trailing newline
 KNOWN_COLUMNS = (
     "asset_id", "prompt", "negative_prompt", "brand", "model", "variants", "seed",
     "width", "height", "steps", "guidance", "campaign", "channel", "notes",
@@ -36,29 +37,6 @@ DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs"}
 # formula, not a prompt, unless it is just a number.
 FORMULA = re.compile(r"^(?:[=@]|[+-](?![\d.]+$))")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-class SheetProblem(BaseModel):
-    row: int | str | None = Field(description="1-based data row, 'header', or None for the file")
-    column: str | None
-    message: str
-
-
-class SheetInvalid(Exception):
-    def __init__(self, sheet: str, problems: list[SheetProblem]):
-        self.sheet = sheet
-        self.problems = problems
-        lines = [f"{sheet}: {len(problems)} problem(s)"]
-        for p in problems:
-            where = ", ".join(x for x in (_row_label(p.row), p.column and f"column {p.column!r}") if x)
-            lines.append(f"  {where or 'file'}: {p.message}")
-        super().__init__("\n".join(lines))
-
-
-def _row_label(row: int | str | None) -> str | None:
-    if row is None:
-        return None
-    return "header" if row == "header" else f"row {row}"
 
 
 class PromptRow(BaseModel):
@@ -87,7 +65,7 @@ class PromptRow(BaseModel):
 class SkippedRow(BaseModel):
     row: int
     cells: dict[str, str]
-    problems: list[SheetProblem]
+    problems: list[Problem]
 
 
 class Sheet(BaseModel):
@@ -102,13 +80,13 @@ def read_sheet(name: str, data: bytes, policies: Policies, skip_invalid: bool = 
     `skip_invalid`, keep the valid rows and report the others in `Sheet.skipped` (problems
     with the file or its header still refuse the whole sheet)."""
     table = _read_table(name, data, policies.sheet_limits)
-    problems: list[SheetProblem] = []
+    problems: list[Problem] = []
     header = [str(c).strip().lower() for c in table.columns]
     duplicated = sorted({c for c in header if header.count(c) > 1})
     for column in duplicated:
-        problems.append(SheetProblem(row="header", column=column, message="column appears more than once"))
+        problems.append(Problem(row="header", column=column, message="column appears more than once"))
     if "prompt" not in header:
-        problems.append(SheetProblem(
+        problems.append(Problem(
             row="header", column="prompt",
             message=f"required column 'prompt' is missing (found: {', '.join(header) or 'none'})"
                     + ("; columns must be separated by commas, semicolons or tabs" if len(header) == 1 else ""),
@@ -117,7 +95,7 @@ def read_sheet(name: str, data: bytes, policies: Policies, skip_invalid: bool = 
         raise SheetInvalid(name, problems)
     table.columns = header
     if len(table) == 0:
-        raise SheetInvalid(name, [SheetProblem(row=None, column=None, message="the sheet has a header but no rows")])
+        raise SheetInvalid(name, [Problem(row=None, column=None, message="the sheet has a header but no rows")])
 
     rows: list[PromptRow] = []
     skipped: list[SkippedRow] = []
@@ -126,7 +104,7 @@ def read_sheet(name: str, data: bytes, policies: Policies, skip_invalid: bool = 
         cells = {k: "" if _missing(v) else str(v).strip() for k, v in record.items()}
         row, row_problems = _parse_row(index, cells, policies, name)
         if row is not None and row.asset_id in seen_assets:
-            row_problems.append(SheetProblem(
+            row_problems.append(Problem(
                 row=index, column="asset_id",
                 message=f"asset_id {row.asset_id!r} already used in row {seen_assets[row.asset_id]}; asset ids must be unique"))
         if row_problems:
@@ -138,7 +116,7 @@ def read_sheet(name: str, data: bytes, policies: Policies, skip_invalid: bool = 
     if problems and not skip_invalid:
         raise SheetInvalid(name, problems)
     if not rows:
-        raise SheetInvalid(name, problems + [SheetProblem(row=None, column=None, message="no valid rows are left")])
+        raise SheetInvalid(name, problems + [Problem(row=None, column=None, message="no valid rows are left")])
     return Sheet(name=name, sha256=hashlib.sha256(data).hexdigest(), rows=rows, skipped=skipped)
 
 
@@ -147,7 +125,7 @@ def _missing(value) -> bool:
 
 
 def _file_problem(name: str, message: str) -> SheetInvalid:
-    return SheetInvalid(name, [SheetProblem(row=None, column=None, message=message)])
+    return SheetInvalid(name, [Problem(row=None, column=None, message=message)])
 
 
 def check_size(name: str, size: int, limits: SheetLimits) -> None:
@@ -183,7 +161,7 @@ def _read_table(name: str, data: bytes, limits: SheetLimits) -> pd.DataFrame:
         detail = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
         line = re.search(r"in line (\d+), saw (\d+)", detail)
         if line:  # pandas counts the header as line 1
-            raise SheetInvalid(name, [SheetProblem(row=int(line[1]) - 1, column=None, message=(
+            raise SheetInvalid(name, [Problem(row=int(line[1]) - 1, column=None, message=(
                 f"the row has {line[2]} cells but the header has {len(header_line.split(delimiter))} columns; "
                 f"cells containing {DELIMITERS[delimiter]} need double quotes"))]) from None
         raise _file_problem(name, f"the CSV cannot be parsed ({detail}); every row needs the header's number of "
@@ -233,10 +211,10 @@ def _read_xlsx(name: str, data: bytes, limits: SheetLimits) -> pd.DataFrame:
 
 
 def _parse_row(index: int, cells: dict[str, str], policies: Policies, sheet_name: str):
-    problems: list[SheetProblem] = []
+    problems: list[Problem] = []
 
     def problem(column: str, message: str) -> None:
-        problems.append(SheetProblem(row=index, column=column, message=message))
+        problems.append(Problem(row=index, column=column, message=message))
 
     def cell(column: str, parse: Callable[[str], object]):
         raw = cells.get(column, "")

@@ -34,6 +34,15 @@ class StorageError(Exception):
     pass
 
 
+# S3 error codes, in one place: what a missing object and a failed If-None-Match answer.
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+ALREADY_EXISTS = ("PreconditionFailed", "412")
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response["Error"]["Code"]
+
+
 def s3_client(settings: Settings):
     secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
     return boto3.client(
@@ -54,12 +63,12 @@ class ObjectStore:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+            if _code(exc) not in ("404", "NoSuchBucket"):
                 raise
             try:
                 self.client.create_bucket(Bucket=self.bucket)
             except ClientError as exc:  # another run created it meanwhile
-                if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
     def object_key(self, placement: Placement, image_key: str) -> str:
@@ -74,7 +83,7 @@ class ObjectStore:
                 Metadata={**metadata, "image-key": image_key, "sha256": sha})
             version = response.get("VersionId")
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("PreconditionFailed", "412"):
+            if _code(exc) not in ALREADY_EXISTS:
                 raise
             existing = self.head(key)
             if existing is None or existing["Metadata"].get("sha256") != sha:
@@ -105,12 +114,59 @@ class ObjectStore:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in NOT_FOUND:
                 return None
             raise
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def get_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:
+                return None
+            raise
+
+    def sha256(self, key: str) -> str:
+        """The sha256 of an object's bytes, streamed: an object may be larger than memory."""
+        digest = hashlib.sha256()
+        for chunk in self.client.get_object(Bucket=self.bucket, Key=key)["Body"].iter_chunks(1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def put_new(self, key: str, data: bytes, metadata: dict[str, str] | None = None,
+                content_type: str = "application/octet-stream") -> bool:
+        """Put an object only if the key is free (If-None-Match); False when it exists."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata or {},
+                                   ContentType=content_type, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if _code(exc) in ALREADY_EXISTS:
+                return False
+            raise
+
+    def copy(self, source_key: str, target_key: str) -> bool:
+        """Copy an object within the bucket; False when the source is gone."""
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=target_key,
+                                    CopySource={"Bucket": self.bucket, "Key": source_key})
+            return True
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def children(self, prefix: str) -> list[dict]:
+        """The objects directly under a prefix (not in its sub-folders), with their LastModified."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
+                                                                      Delimiter="/")
+        return [obj for page in pages for obj in page.get("Contents", [])]
 
     def image_keys(self) -> list[str]:
         """Keys of all delivered and quarantined images (not the run reports)."""

@@ -86,7 +86,7 @@ def test_bad_training_images_are_refused_with_every_problem(settings, policies_c
     result = cli("brand", "train", "initech", "--images", images, "--license", "proprietary",
                  "--rights-holder", "Initech Inc.", "--json")
     assert result.exit_code == 2
-    problems = json.loads(result.stdout.strip().splitlines()[-1])["errors"]
+    problems = [f"{p['file']}: {p['message']}" for p in json.loads(result.stdout.strip().splitlines()[-1])["errors"]]
     assert any(p.startswith("tiny.png: 8x8 is smaller") for p in problems)
     assert any(p.startswith("zcopy.png: the same image as img000.png") for p in problems)
     assert any(p.startswith("broken.png: not a readable image") for p in problems)

@@ -24,7 +24,7 @@ SMALL = str(REPO / "examples" / "campaign_small.csv")
 def run_flow(campaign: str = "spring") -> dict:
     from flows.campaign_batch import campaign_batch
 
-    return campaign_batch(sheet=SMALL, campaign=campaign)
+    return campaign_batch(sheet=SMALL, campaign=campaign).model_dump(mode="json")
 
 
 def assert_campaign_small_stored_and_audited(summary: dict, settings: Settings) -> None:

@@ -94,7 +94,7 @@ def test_do_not_store_policy_keeps_only_hash_and_scores(prefect_harness, setting
     (record,) = AuditLog(settings.audit_url).query(kind="image")
     assert record["decision"] == "blocked" and record["s3_key"] is None
     assert len(record["image_sha256"]) == 64 and record["image_verdict"]["scores"]
-    assert ObjectStore(settings).image_keys() == [] and summary["images_blocked"] == 1
+    assert ObjectStore(settings).image_keys() == [] and summary.images_blocked == 1
 
 
 def test_production_policy_is_valid_and_covers_the_harm_categories(tmp_path):

@@ -106,7 +106,7 @@ def test_broken_image_screen_quarantines_instead_of_delivering(prefect_harness, 
     sheet.write_text("asset_id,prompt\ncalm-1,a blue circle on a yellow background\n")
 
     summary = campaign_batch(sheet=str(sheet), campaign="broken")
-    assert summary["images_blocked"] == 1 and summary["images_delivered"] == 0
+    assert summary.images_blocked == 1 and summary.images_delivered == 0
     (record,) = AuditLog(settings.audit_url).query(kind="image")
     assert record["decision"] == "quarantined" and "image screen failed" in record["reasons"][0]
     assert ObjectStore(settings).keys("delivery/") == []

@@ -176,6 +176,25 @@ class AuditLog:
                                   .order_by(Record.seq.desc()).limit(1)).first()
             return AuditRecord.model_validate_json(row.payload) if row else None
 
+    def image_records(self, image_keys: list[str]) -> dict[str, AuditRecord]:
+        """The latest image record of each key that has one, in one query per 500 keys."""
+        found: dict[str, Record] = {}
+        with Session(self.engine) as session:
+            for i in range(0, len(image_keys), 500):
+                rows = session.scalars(select(Record).where(Record.kind == "image",
+                                                            Record.image_key.in_(image_keys[i : i + 500]))
+                                       .order_by(Record.seq))
+                found.update({row.image_key: row for row in rows})
+        return {key: AuditRecord.model_validate_json(row.payload) for key, row in found.items()}
+
+    def records_of_image(self, image: str, prefixes: tuple[str, ...] = ()) -> list[dict]:
+        """All records of one image (its image record, then reviews), found by its image key, its
+        S3 key (an image key under one of `prefixes`) or its sha256; [] when none."""
+        key = image
+        for prefix in prefixes:
+            key = key.removeprefix(prefix)
+        return self.query(image_key=key) or self.query(image_sha256=image)
+
     def review_queue(self) -> list[AuditRecord]:
         """Quarantined images that no reviewer has decided on yet, oldest first."""
         with Session(self.engine) as session:
@@ -269,20 +288,6 @@ def normalised_rows(seq: int, payload: dict) -> tuple[list[dict], list[dict]]:
                  "commercial_use": (lora.get("license") or {}).get("commercial_use")}
                 for lora in payload.get("loras", [])], []
     return [], []
-
-
-def verify_objects(log: AuditLog, store) -> list[str]:
-    """Problems where a stored object no longer has the sha256 its audit record names."""
-    problems = []
-    for record in log.query():
-        if record["kind"] == "row" or not record.get("s3_key"):
-            continue
-        key = record["s3_key"]
-        if store.head(key) is None:
-            problems.append(f"record {record['seq']}: s3://{store.bucket}/{key} is missing")
-        elif hashlib.sha256(store.get(key)).hexdigest() != record["image_sha256"]:
-            problems.append(f"record {record['seq']}: s3://{store.bucket}/{key} does not match its sha256")
-    return problems
 
 
 def _sqlite_immediate_transactions(engine) -> None:

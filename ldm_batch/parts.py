@@ -1,0 +1,76 @@
+"""The heavy parts a process loads once and reuses across batches and runs.
+
+`Parts.of(settings)` keeps one set per settings value and process: the policies, the S3
+client, the audit database engine, the spool, the provenance marker, and (loaded on first
+use) the diffusion pipelines, the image screen and the text screen. A Prefect thread, a
+Dask worker and the CLI all reach the models through it, so each loads once per process.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ldm_batch.audit import AuditLog
+from ldm_batch.config import Settings
+from ldm_batch.generate import ImageGenerator, quiet_libraries, resolve_device
+from ldm_batch.policies import Policies, load_policies
+from ldm_batch.provenance import Marker
+from ldm_batch.safety.image import ImageScreen
+from ldm_batch.safety.text import TextScreen
+from ldm_batch.spool import Spool
+from ldm_batch.storage import ObjectStore
+
+
+class Parts:
+    """The loaded parts of one process, for one settings value."""
+
+    _cache: dict[str, Parts] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, settings: Settings):
+        quiet_libraries()
+        self.settings = settings
+        self.policies: Policies = load_policies(settings.policies_dir)
+        self.store = ObjectStore(settings)
+        self.audit = AuditLog(settings.audit_url)
+        self.spool = Spool(settings.home / "spool")
+        self.marker = Marker(self.policies.provenance, settings)
+        self._generator: ImageGenerator | None = None
+        self._screen: ImageScreen | None = None
+        self._text_screen: TextScreen | None = None
+        self._loading = threading.Lock()
+
+    @classmethod
+    def of(cls, settings: Settings) -> Parts:
+        key = settings.identity()
+        with cls._lock:
+            if key not in cls._cache:
+                cls._cache[key] = Parts(settings)
+            return cls._cache[key]
+
+    @classmethod
+    def loaded(cls) -> list[Parts]:
+        """Every set this process holds (the benchmarks count their model loads)."""
+        with cls._lock:
+            return list(cls._cache.values())
+
+    @property
+    def generator(self) -> ImageGenerator:
+        with self._loading:
+            if self._generator is None:
+                self._generator = ImageGenerator(self.policies, self.settings.device, self.settings.compile_unet)
+            return self._generator
+
+    @property
+    def text_screen(self) -> TextScreen:
+        with self._loading:
+            if self._text_screen is None:
+                self._text_screen = TextScreen(self.policies, self.settings.policies_dir)
+            return self._text_screen
+
+    @property
+    def screen(self) -> ImageScreen:
+        with self._loading:
+            if self._screen is None:
+                self._screen = ImageScreen(self.policies, resolve_device(self.settings.device))
+            return self._screen

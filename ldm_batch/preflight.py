@@ -1,0 +1,130 @@
+"""Preflight: from screened rows to a typed `Plan`, before any weights load.
+
+    screened rows -> rows the text screen refused (each an audit-ready row record)
+                  -> jobs of the allowed rows
+                  -> refusals: licenses, weights (safetensors, sha256, LoRA base model), sizes
+                  -> per job: already done, lost object to restore, or to generate (batched)
+
+Plain Python: it needs the policies, the provenance marker's size rule and a way to look
+up what is already audited and stored (`ldm_batch.reconcile.image_states`), so it is
+tested without Prefect, S3 or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ldm_batch.audit import AuditRecord
+from ldm_batch.catalog import verified_path
+from ldm_batch.licenses import license_problems
+from ldm_batch.plan import Batch, ImageJob, group_batches, plan_row
+from ldm_batch.policies import Policies
+from ldm_batch.problems import CatalogError, LicenseRefused, Problem, Refused, SheetInvalid
+from ldm_batch.reconcile import ImageState
+from ldm_batch.safety.text import PromptVerdict
+from ldm_batch.sheets import PromptRow
+
+
+@dataclass(frozen=True)
+class ScreenedRow:
+    """A sheet row with the text screen's verdict on it."""
+
+    row: PromptRow
+    verdict: PromptVerdict
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict.decision == "allow"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a run cannot start, per row where a row is to blame: an audit-ready value."""
+
+    error: Refused  # what the CLI and the inbox report
+    rows: dict[int, list[Problem]] = field(default_factory=dict)  # sheet row -> its problems
+
+
+@dataclass
+class Plan:
+    rows: list[ScreenedRow]  # the valid rows; those not allowed were blocked or held by the text screen
+    jobs: list[ImageJob]  # every image the allowed rows ask for
+    done: list[ImageJob] = field(default_factory=list)  # audited and stored before this run
+    restore: list[AuditRecord] = field(default_factory=list)  # audited, object lost, not spooled
+    batches: list[Batch] = field(default_factory=list)  # to generate
+    refusal: Refusal | None = None  # set: nothing may be generated
+
+    @property
+    def refused_rows(self) -> list[ScreenedRow]:
+        return [r for r in self.rows if not r.allowed]
+
+    @property
+    def to_generate(self) -> int:
+        return sum(len(batch.jobs) for batch in self.batches)
+
+
+StateLookup = Callable[[list[str]], dict[str, ImageState]]
+
+
+def preflight(sheet_name: str, rows: list[ScreenedRow], campaign: str, use: str, policies: Policies,
+              size_problem: Callable[[int, int], str | None], states: StateLookup, batch_size: int) -> Plan:
+    """The plan of a run; with `plan.refusal` set when licenses, weights or sizes forbid it."""
+    plan = Plan(rows=rows,
+                jobs=[job for r in rows if r.allowed
+                      for job in plan_row(r.row, campaign, policies, r.verdict.model_dump())])
+    plan.refusal = refusal(sheet_name, plan.jobs, policies, use, size_problem)
+    if plan.refusal is not None:
+        return plan
+    found = states([job.key for job in plan.jobs])
+    plan.done = [job for job in plan.jobs if found[job.key].complete]
+    plan.restore = [found[job.key].record for job in plan.jobs if found[job.key].lost]
+    plan.batches = group_batches([job for job in plan.jobs if found[job.key].record is None], batch_size)
+    return plan
+
+
+def refusal(sheet_name: str, jobs: list[ImageJob], policies: Policies, use: str,
+            size_problem: Callable[[int, int], str | None]) -> Refusal | None:
+    """The first check that refuses the run, in the order a user fixes things: licenses
+    (the campaign's declared use), weights, then sizes the provenance marks need."""
+    if problems := license_problems(jobs, policies, use):
+        return Refusal(LicenseRefused(problems), _by_row(problems))
+    if problems := weight_problems(jobs, policies):
+        return Refusal(CatalogError(problems), _by_row(problems))
+    sizes = {job.row: Problem(row=job.row, column="width", message=message) for job in jobs
+             if (message := size_problem(job.settings.width, job.settings.height))}
+    if sizes:
+        return Refusal(SheetInvalid(sheet_name, list(sizes.values())), _by_row(list(sizes.values())))
+    return None
+
+
+def weight_problems(jobs: list[ImageJob], policies: Policies) -> list[Problem]:
+    """Every model and LoRA the jobs use is safetensors with the catalog's sha256, and each LoRA
+    was trained on the job's model. Digests are cached, so loading does not hash again."""
+    loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
+    entries, problems = {}, []
+    for job in jobs:
+        entries[job.settings.model] = policies.models[job.settings.model]
+        for use in job.settings.loras:
+            entries[use.id] = loras[use.id]
+            if loras[use.id].base_model != job.settings.model:
+                problems.append(Problem(row=job.row, column="brand", message=(
+                    f"LoRA {use.id!r} was trained on {loras[use.id].base_model!r}, not on "
+                    f"{job.settings.model!r}; use that model or another brand")))
+                break
+        if problems:
+            return problems  # one mismatch says it all; the weights need not be hashed
+    for entry in entries.values():
+        try:
+            verified_path(entry.source, getattr(entry, "revision", None), entry.sha256)
+        except CatalogError as exc:
+            problems += exc.problems
+    return problems
+
+
+def _by_row(problems: list[Problem]) -> dict[int, list[Problem]]:
+    rows: dict[int, list[Problem]] = {}
+    for p in problems:
+        if isinstance(p.row, int):
+            rows.setdefault(p.row, []).append(p)
+    return rows
