@@ -35,8 +35,8 @@ from ldm_batch.reconcile import image_states, upload_spooled
 from ldm_batch.records import plan_records, skipped_record
 from ldm_batch.reproduce import restore_object
 from ldm_batch.runs import BatchOutcome, RefusedRow, RunContext, RunSummary
-from ldm_batch.sheets import Sheet, check_size, read_sheet, sheet_stem
-from ldm_batch.storage import read_source
+from ldm_batch.sheets import Sheet, check_campaign_name, check_size, read_sheet, sheet_stem
+from ldm_batch.storage import check_sheet_location, read_source
 
 
 def _not_refused(task, task_run, state) -> bool:
@@ -46,6 +46,7 @@ def _not_refused(task, task_run, state) -> bool:
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_not_refused)
 def load_sheet(uri: str, settings: Settings, skip_invalid_rows: bool) -> Sheet:
+    check_sheet_location(uri, settings)
     policies = Parts.of(settings).policies
     name, data = read_source(uri, settings, partial(check_size, limits=policies.sheet_limits))
     return read_sheet(name, data, policies, skip_invalid_rows)
@@ -132,6 +133,7 @@ def campaign_batch(sheet: str, campaign: str | None = None,
                    use: Literal["commercial", "non-commercial"] = "commercial",
                    skip_invalid_rows: bool = False) -> RunSummary:
     """Run one campaign sheet; returns what the run did."""
+    check_campaign_name(campaign)
     settings = current_settings()
     parts = Parts.of(settings)
     parts.audit.migrate()

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     quarantine_prefix: str = "quarantine/"
     reports_prefix: str = "reports/"  # run contact sheets
     inbox_prefix: str = "inbox/"  # sheets waiting for the inbox sweep, and their reports
+    sheets_prefix: str = "sheets/"  # sheets a deployment run may name by s3:// URI (as may the inbox's)
+    # Local folders a flow may read sheets from; none: only s3:// sheets in the bucket. The CLI
+    # adds the folder of the sheet its user names (their own shell could read it anyway).
+    sheet_roots: list[Path] = []
     device: str = "auto"
     batch_size: int = 4
     compile_unet: bool = False  # torch.compile the UNet (CUDA only); recorded in each image's runtime

@@ -76,6 +76,12 @@ class LicenseRefused(Refused):
         super().__init__(problems, "the campaign's use is not allowed by these licenses")
 
 
+class ParameterInvalid(Refused):
+    """A flow parameter (the sheet's location, the campaign name) that the flow does not accept."""
+
+    kind = "parameter"
+
+
 class BrandTrainingError(Refused):
     """Training images or captions that cannot be used."""
 

@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ldm_batch.policies import Policies, SheetLimits
-from ldm_batch.problems import Problem, SheetInvalid
+from ldm_batch.problems import ParameterInvalid, Problem, SheetInvalid
 
 MAX_SEED = 2**32 - 1
 # Asset ids and campaign names become parts of S3 keys: keep them to safe characters.
@@ -83,12 +83,19 @@ def read_sheet(name: str, data: bytes, policies: Policies, skip_invalid: bool = 
     problems: list[Problem] = []
     header = [str(c).strip().lower() for c in table.columns]
     duplicated = sorted({c for c in header if header.count(c) > 1})
+    # A file that is not a sheet (a key file, say) must not be echoed back: of its header, name
+    # only the columns this product knows.
     for column in duplicated:
-        problems.append(Problem(row="header", column=column, message="column appears more than once"))
+        known = column in KNOWN_COLUMNS
+        problems.append(Problem(row="header", column=column if known else None,
+                                message="column appears more than once" if known else
+                                "a column name appears more than once; name each column once"))
     if "prompt" not in header:
+        found = [c for c in header if c in KNOWN_COLUMNS]
         problems.append(Problem(
             row="header", column="prompt",
-            message=f"required column 'prompt' is missing (found: {', '.join(header) or 'none'})"
+            message=f"required column 'prompt' is missing (found {len(header)} column(s)"
+                    + (f", known: {', '.join(found)}" if found else "") + ")"
                     + ("; columns must be separated by commas, semicolons or tabs" if len(header) == 1 else ""),
         ))
     if problems:
@@ -184,30 +191,56 @@ def _check_rows(name: str, rows: int, limits: SheetLimits) -> None:
 
 
 def _read_xlsx(name: str, data: bytes, limits: SheetLimits) -> pd.DataFrame:
+    """The workbook's one sheet, read as a stream: rows are counted as they are read, never
+    trusting the workbook's declared dimension, so an oversized sheet stops at the limit."""
     from openpyxl import load_workbook
 
     try:
-        workbook = load_workbook(io.BytesIO(data), read_only=True)  # streams: dimensions before data
-        sheets = workbook.sheetnames
-        if len(sheets) != 1:
-            raise _file_problem(name, f"the workbook has {len(sheets)} sheets ({', '.join(sheets)}); keep the "
-                                      "prompts on a single sheet")
-        _check_rows(name, (workbook.active.max_row or 1) - 1, limits)
-        workbook.close()
-        sheet = load_workbook(io.BytesIO(data)).active
+        workbook = load_workbook(io.BytesIO(data), read_only=True)
+        try:
+            sheets = workbook.sheetnames
+            if len(sheets) != 1:
+                raise _file_problem(name, f"the workbook has {len(sheets)} sheets ({', '.join(sheets)}); keep the "
+                                          "prompts on a single sheet")
+            sheet = workbook.active
+            sheet.reset_dimensions()  # the declared dimension can lie; read what is there
+            values: list[list[str]] = []
+            for row in sheet.iter_rows(values_only=True):
+                values.append(["" if v is None else str(v) for v in row])
+                _check_rows(name, len(values) - 1, limits)
+            merged = _merged_ranges(data, sheet._worksheet_path)
+        finally:
+            workbook.close()
     except SheetInvalid:
         raise
     except Exception as exc:  # openpyxl raises many types for corrupt workbooks
-        raise _file_problem(name, f"the file looks like XLSX but cannot be read ({type(exc).__name__}: {exc}); "
+        raise _file_problem(name, f"the file looks like XLSX but cannot be read ({type(exc).__name__}); "
                                   "save it again from the spreadsheet, or as CSV UTF-8") from None
-    merged = [str(r) for r in sheet.merged_cells.ranges]
     if merged:
-        raise _file_problem(name, f"merged cells ({', '.join(merged[:5])}) on sheet {sheet.title!r}; unmerge them "
-                                  "so each row has its own values")
-    values = [["" if v is None else str(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+        raise _file_problem(name, f"merged cells ({', '.join(merged[:5])}); unmerge them so each row has its "
+                                  "own values")
     if not values:
         raise _file_problem(name, "the workbook's sheet is empty; expected a header row including 'prompt'")
+    width = max(len(row) for row in values)
+    values = [row + [""] * (width - len(row)) for row in values]
     return pd.DataFrame(values[1:], columns=values[0], dtype=str)
+
+
+MERGE_CELL = re.compile(rb'<(?:\w+:)?mergeCell\s+ref="([A-Z]+[0-9]+:[A-Z]+[0-9]+)"')
+
+
+def _merged_ranges(data: bytes, worksheet_path: str) -> list[str]:
+    """Merged ranges of a worksheet, found by streaming its XML (read-only sheets do not say)."""
+    import zipfile
+
+    found: set[bytes] = set()
+    tail = b""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive, archive.open(worksheet_path) as xml:
+        while chunk := xml.read(1 << 20):
+            window = tail + chunk  # a tag cut by a chunk boundary is whole in the next window
+            found.update(MERGE_CELL.findall(window))
+            tail = window[-200:]
+    return sorted(m.decode() for m in found)
 
 
 def _parse_row(index: int, cells: dict[str, str], policies: Policies, sheet_name: str):
@@ -271,8 +304,15 @@ def _parse_row(index: int, cells: dict[str, str], policies: Policies, sheet_name
     return row, problems
 
 
+def check_campaign_name(campaign: str | None) -> None:
+    """A campaign name becomes part of every S3 key of the run: refuse anything but safe names."""
+    if campaign is not None and not SAFE_NAME.match(campaign):
+        raise ParameterInvalid([Problem(column="campaign", message=(
+            f"campaign {campaign[:140]!r}: use 1-128 letters, digits, '.', '_' or '-'"))])
+
+
 def sheet_stem(sheet_name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePath(sheet_name).stem).strip("-.")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePath(sheet_name).stem).strip("-._")[:128]
     return stem or "sheet"
 
 

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from ldm_batch.config import Settings
+from ldm_batch.problems import ParameterInvalid, Problem
 
 Placement = Literal["delivery", "quarantine"]
 
@@ -175,6 +176,25 @@ class ObjectStore:
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def check_sheet_location(uri: str, settings: Settings) -> None:
+    """Refuse a sheet location a flow must not read with the pipeline's credentials: another
+    bucket, a key outside the inbox and sheets prefixes, or a local file outside `sheet_roots`."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if (bucket != settings.s3_bucket or ".." in key.split("/")
+                or not key.startswith((settings.inbox_prefix, settings.sheets_prefix))):
+            raise ParameterInvalid([Problem(file=uri, message=(
+                f"sheets are read from s3://{settings.s3_bucket}/{settings.sheets_prefix} or "
+                f"s3://{settings.s3_bucket}/{settings.inbox_prefix} only"))])
+        return
+    path = Path(uri).resolve()
+    if not any(path.is_relative_to(Path(root).resolve()) for root in settings.sheet_roots):
+        raise ParameterInvalid([Problem(file=uri, message=(
+            "local sheets are read only from the folders in LDM_BATCH_SHEET_ROOTS"
+            + (f" ({', '.join(map(str, settings.sheet_roots))})" if settings.sheet_roots else " (none set)")
+            + f"; or put the sheet under s3://{settings.s3_bucket}/{settings.sheets_prefix}"))])
 
 
 def read_source(uri: str, settings: Settings, check_size: Callable[[str, int], None]) -> tuple[str, bytes]:

@@ -6,6 +6,7 @@ other's images or records.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -71,6 +72,8 @@ def settings(s3_server, tmp_path, monkeypatch):
         "LDM_BATCH_S3_ACCESS_KEY_ID": s3_server.access_key_id,
         "LDM_BATCH_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
         "LDM_BATCH_S3_BUCKET": f"test-{uuid.uuid4().hex[:12]}",
+        # the flows read local sheets only from these folders: the test's own and the examples
+        "LDM_BATCH_SHEET_ROOTS": json.dumps([str(tmp_path), str(REPO / "examples")]),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -84,6 +84,8 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
             settings = inv.store()
             if sheet.startswith("s3://"):
                 read_checked(inv, sheet, skip_invalid_rows)
+            if not sheet.startswith("s3://"):  # the user named this file; the flow may read its folder
+                settings = settings.model_copy(update={"sheet_roots": [Path(sheet).resolve().parent]})
             with settings_in_use(settings):
                 summary = _run_flow(sheet, campaign, use.value, skip_invalid_rows, quiet=as_json)
         except typer.Exit:
