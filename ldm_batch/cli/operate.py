@@ -50,7 +50,10 @@ def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's A
 
 @app.command()
 def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless behind a proxy")] = "127.0.0.1",
-            port: Annotated[int, typer.Option(help="Port")] = 8765, config: ConfigOption = None) -> None:
+            port: Annotated[int, typer.Option(help="Port")] = 8765,
+            secure_cookies: Annotated[bool, typer.Option("--secure-cookies", help="Mark session cookies Secure "
+                                                         "(on when served over HTTPS)")] = False,
+            config: ConfigOption = None) -> None:
     """Serve the reviewer console (runs, images, lineage, review queue, export)."""
     import uvicorn
 
@@ -62,7 +65,7 @@ def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.
             fail("no reviewers yet; add one with `ldm-batch reviewer add NAME`", 2)
         settings = inv.store()
         out.print(f"console on http://{host}:{port}/ (Ctrl-C stops it)")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings, secure_cookies), host=host, port=port, log_level="warning")
 
 
 @reviewer_app.command("add")
@@ -80,6 +83,20 @@ def reviewer_add(name: Annotated[str, typer.Argument(help="The reviewer's name, 
         except ValueError as exc:
             fail(str(exc), 2)
     print_data(f"reviewer {name} can sign in to the console")
+
+
+@reviewer_app.command("remove")
+def reviewer_remove(name: Annotated[str, typer.Argument(help="The reviewer to remove")],
+                    config: ConfigOption = None) -> None:
+    """Remove a reviewer; their open console sessions end at once."""
+    from ldm_batch.console.reviewers import Reviewers
+
+    with Invocation(config) as inv:
+        try:
+            Reviewers(inv.settings.home / "reviewers.json").remove(name)
+        except ValueError as exc:
+            fail(str(exc), 2)
+    print_data(f"reviewer {name} removed; their sessions have ended")
 
 
 @store_app.command("export")

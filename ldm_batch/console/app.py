@@ -2,7 +2,9 @@
 
 Every page needs a signed-in reviewer (accounts in `<home>/reviewers.json`, argon2 hashes;
 add one with `ldm-batch reviewer add NAME`). Sessions are signed cookies (HttpOnly,
-SameSite=strict); every form carries the session's CSRF token. Images are shown through
+SameSite=strict, Secure with `--secure-cookies`) that name the reviewer's session version:
+signing out, a new password or a removed account ends them at once. Failed sign-ins make a
+name and an address wait, longer after each. Every form carries the session's CSRF token. Images are shown through
 presigned URLs that expire after five minutes; nothing in the bucket is public. A review
 decision goes through `ldm_batch.review.decide`, exactly as `ldm-batch review` does.
 """
@@ -24,6 +26,7 @@ from ldm_batch.audit.export import export_bytes
 from ldm_batch.audit.lineage import lineage, lineage_rows
 from ldm_batch.config import Settings
 from ldm_batch.console.reviewers import Reviewers
+from ldm_batch.console.throttle import LoginThrottle
 from ldm_batch.review import ReviewError, decide
 from ldm_batch.storage import ObjectStore
 
@@ -33,13 +36,15 @@ LINK_SECONDS = 300
 MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
+    """The console app; `secure_cookies` when it is served over HTTPS (cookies never sent in clear)."""
     log, store = AuditLog(settings.audit_url), ObjectStore(settings)
     log.migrate()
     reviewers = Reviewers(settings.home / "reviewers.json")
+    throttle = LoginThrottle()
     app = FastAPI(title="ldm-batch console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SessionMiddleware, secret_key=_session_key(settings.home), same_site="strict",
-                       max_age=8 * 3600)
+                       max_age=8 * 3600, https_only=secure_cookies)
 
     def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, template, {
@@ -47,7 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     def signed_in(request: Request) -> str:
         name = request.session.get("reviewer")
-        if not name:
+        if not name or reviewers.session(name) != request.session.get("session"):
+            request.session.clear()  # signed out, new password, or the account was removed
             raise HTTPException(303, headers={"Location": "/login"})
         return name
 
@@ -61,15 +67,25 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/login")
     def login(request: Request, name: str = Form(...), password: str = Form(...), csrf: str = Form("")):
         _check_csrf(request, csrf)
+        address = request.client.host if request.client else "unknown"
+        if wait := throttle.wait_seconds(name, address):
+            response = page(request, "login.html", 429, error=f"too many failed sign-ins; try again in "
+                                                              f"{int(wait) + 1} seconds")
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
         if not reviewers.check(name, password):
+            throttle.failed(name, address)
             return page(request, "login.html", 401, error="unknown reviewer or wrong password")
+        throttle.succeeded(name, address)
         request.session.clear()
-        request.session.update(reviewer=name, csrf=secrets.token_urlsafe(32))
+        request.session.update(reviewer=name, session=reviewers.session(name), csrf=secrets.token_urlsafe(32))
         return RedirectResponse("/", 303)
 
     @app.post("/logout")
     def logout(request: Request, csrf: str = Form("")):
         _check_csrf(request, csrf)
+        if name := request.session.get("reviewer"):
+            reviewers.end_sessions(name)  # a copy of the cookie stops working too
         request.session.clear()
         return RedirectResponse("/login", 303)
 
