@@ -109,3 +109,13 @@ def test_production_policy_is_valid_and_covers_the_harm_categories(tmp_path):
         "competitor_logo"}
     assert [c.category for c in policy.concepts if not c.keep_image] == ["sexual_minors"]
     assert policy.special_care and policy.nsfw.model == "open-nsfw"
+
+
+def test_a_nan_concept_score_holds_the_image_for_review(policies, emblems, monkeypatch):
+    """A fault we cannot cause for real: CLIP answering NaN. NaN is below no threshold, so
+    without a check it would pass as 'allow'."""
+    screen = ImageScreen(policies)
+    honest = screen.scores
+    monkeypatch.setattr(screen, "scores", lambda images: [{k: float("nan") for k in s} for s in honest(images)])
+    verdict = screen.screen_images(emblems[:1])[0]
+    assert verdict.decision == "review" and "no usable score" in verdict.reasons[0]

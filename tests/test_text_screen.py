@@ -148,3 +148,13 @@ def test_a_hugging_face_sequence_classifier_can_replace_the_head(tmp_path):
     assert screen.unavailable is None and "tiny-moderation" in screen.id
     verdict = screen.screen(["a bowl of fruit"])[0]
     assert 0.0 < verdict.scores["violence"] < 1.0  # the model's VIOLENT probability, mapped
+
+
+@pytest.mark.parametrize("broken", [{"violence": float("nan")}, {}])
+def test_a_nan_or_missing_classifier_score_fails_closed(screen, monkeypatch, broken):
+    """A fault we cannot cause for real: the classifier answering NaN (or nothing) for a category."""
+    honest = screen.classifier.scores
+    monkeypatch.setattr(screen.classifier, "scores",
+                        lambda texts: [{**scores, **broken} if broken else {} for scores in honest(texts)])
+    verdict = screen.screen(["a calm lake at dawn"])[0]
+    assert verdict.decision == "block" and "no usable score" in verdict.reasons[0]

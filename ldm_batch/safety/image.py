@@ -12,6 +12,8 @@ Text embeddings are computed once per screen; images are scored in one batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from PIL import Image
 from pydantic import BaseModel
@@ -84,6 +86,13 @@ class ImageScreen:
 
     def _verdict(self, scores: dict[str, float], nsfw: float | None) -> ImageVerdict:
         policy = self.policy
+        unusable = [c.text for c in policy.concepts + policy.special_care
+                    if not math.isfinite(scores.get(c.text, math.nan))] + \
+                   (["open_nsfw"] if nsfw is not None and not math.isfinite(nsfw) else [])
+        if unusable:  # a NaN compares as "below every threshold": never let it pass
+            return ImageVerdict(decision="review", scores={k: v for k, v in scores.items() if math.isfinite(v)},
+                                fired=[], reasons=[f"no usable score for {', '.join(map(repr, unusable))}; held for "
+                                                   "review"], screen=self.screen)
         reasons: list[str] = []
         special = [c for c in policy.special_care if scores[c.text] >= c.threshold]
         adjustment = policy.special_care_adjustment if special else 0.0

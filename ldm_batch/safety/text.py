@@ -13,6 +13,7 @@ that reason.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from pathlib import Path
@@ -112,7 +113,7 @@ class TextScreen:
         rules = [self.brand_policies.get(b, self.policy) for b in (brands or [None] * len(prompts))]
         masked = [without_allowed_phrases(p, self.policy) for p in prompts]
         failure = self.unavailable
-        classifier_scores: list[dict[str, float]] = [{} for _ in prompts]
+        classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:
             try:
                 texts = [" ".join(w for w in m if w) for m in masked]
@@ -121,15 +122,19 @@ class TextScreen:
                 failure = f"text classifier failed: {type(exc).__name__}: {exc}"
         return [self._verdict(p, m, s, r, failure) for p, m, s, r in zip(prompts, masked, classifier_scores, rules)]
 
-    def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float],
+    def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
                  policy: TextSafetyPolicy, failure: str | None) -> PromptVerdict:
+        if classified is not None and not failure:  # a missing or NaN score is no evidence of safety
+            unusable = [name for name in policy.categories if not math.isfinite(classified.get(name, math.nan))]
+            if unusable:
+                failure = f"text classifier gave no usable score for {', '.join(unusable)}"
         if failure:
             return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
                                  reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
         hits = rule_hits(masked, policy)
         fired, reasons, scores = [], [], {}
         for name, category in policy.categories.items():
-            probability = classified.get(name, 0.0)
+            probability = (classified or {}).get(name, 0.0)
             scores[name] = 1.0 if name in hits else probability
             why = []
             if name in hits:
