@@ -9,7 +9,13 @@ home and enforced for two identities:
   policy scoped to the delivery prefix does on AWS (docs/delivery_reader_policy.json).
 
 Every port SeaweedFS opens is derived from one base port so several homes (a demo and a
-test run) can run side by side.
+test run) can run side by side. Only the S3 port serves data without credentials of this
+home: the filer and volume ports demand tokens signed with this home's keys and the gRPC
+ports demand its client certificate (`ldm_batch.seaweedfs_security`); the data folder is
+0700. A home owns at most one server: the first command starts it (under a lock), later
+ones join it after checking that the server on the port holds this home's secret id, so
+another home's server or a squatting program is refused, never used. SIGTERM and SIGINT
+stop the server the command started.
 """
 
 from __future__ import annotations
@@ -22,15 +28,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
+from ldm_batch.seaweedfs_security import write_security
+
 # gRPC ports are the HTTP ports + 10000, so the base port must stay below 55000.
-PORT_OFFSETS = {"s3": 0, "master": 1, "volume": 2, "filer": 3, "admin": 4,
-                "s3.port.iceberg": 5, "s3.port.lance": 6, "s3.metricsPort": 7}
+PORT_OFFSETS = {"s3": 0, "master": 1, "volume": 2, "filer": 3, "admin": 4, "s3.metricsPort": 7}
+HOME_BUCKET, HOME_KEY = "ldm-batch-home", "home-id"  # where a server keeps the id of the home that owns it
+
+
+class EmbeddedS3Error(RuntimeError):
+    """The embedded store cannot be started or is not this home's."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +75,10 @@ def weed_binary() -> str:
 def _credentials(state: Path) -> dict[str, str]:
     path = state / "credentials.json"
     creds = json.loads(path.read_text()) if path.exists() else {}
-    if "reader_access_key_id" not in creds:  # new home, or one made before the reader identity
+    if "home_id" not in creds:  # new home, or one made before the reader identity or the home id
         creds = {"access_key_id": "ldm" + secrets.token_hex(8), "secret_access_key": secrets.token_hex(20),
-                 **creds, "reader_access_key_id": "ldmr" + secrets.token_hex(8),
-                 "reader_secret_access_key": secrets.token_hex(20)}
+                 "reader_access_key_id": "ldmr" + secrets.token_hex(8),
+                 "reader_secret_access_key": secrets.token_hex(20), **creds, "home_id": secrets.token_hex(32)}
         _write_private(path, json.dumps(creds))
     return creds
 
@@ -101,52 +116,137 @@ def _args(data: Path, identities: Path, base_port: int) -> list[str]:
         flag = name if "." in name else f"{name}.port"
         ports.append(f"-{flag}={base_port + offset}")
     return [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-admin.ui=false", "-webdav=false", "-master.telemetry=false", f"-s3.config={identities}", *ports]
+            "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-filer.disableDirListing",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}", *ports]
 
 
 @contextmanager
 def embedded_s3(home: Path, base_port: int, delivery_prefix: str = "delivery/",
                 timeout: float = 60.0) -> Iterator[EmbeddedS3]:
-    """Start SeaweedFS for the duration of the block, or join one this home already runs."""
-    state = (home / "seaweedfs").resolve()
+    """Start SeaweedFS for the duration of the block, or join the one this home already runs."""
+    state = _private_folder((home / "seaweedfs").resolve())
     creds = _credentials(state)
     server = EmbeddedS3(f"http://127.0.0.1:{base_port}", creds["access_key_id"], creds["secret_access_key"],
                         creds["reader_access_key_id"], creds["reader_secret_access_key"])
-    if _answers(base_port):  # another command of this home is serving; share it
+    with FileLock(state / "start.lock", mode=0o600):  # two commands of one home never both start a server
+        if _answers(base_port):
+            if not _is_ours(server, creds["home_id"]):
+                raise EmbeddedS3Error(
+                    f"port {base_port} (127.0.0.1) answers, but not as this home's SeaweedFS ({state}): another "
+                    f"home's server or another program holds it. Stop it, or give this home other ports with "
+                    f"LDM_BATCH_EMBEDDED_S3_PORT (a base port; SeaweedFS uses base..base+7 and +10000).")
+            process = None  # another command of this home is serving; share it
+        else:
+            process = _start(server, state, creds, delivery_prefix, base_port, timeout)
+    if process is None:
         yield server
         return
-    (state / "data").mkdir(parents=True, exist_ok=True)
-    identities = state / "identities.json"
-    _write_private(identities, _identities(creds, delivery_prefix))
-    with open(state / "weed.log", "ab") as log:
-        process = subprocess.Popen(_args(state / "data", identities, base_port), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_ready(server, process, state, timeout)
-        yield server
+        with _terminate_as_exit():
+            yield server
     finally:
         stop(process)
 
 
-def _wait_ready(server: EmbeddedS3, process: subprocess.Popen, state: Path, timeout: float) -> None:
+def _start(server: EmbeddedS3, state: Path, creds: dict[str, str], delivery_prefix: str, base_port: int,
+           timeout: float) -> subprocess.Popen:
+    (state / "data").mkdir(mode=0o700, exist_ok=True)
+    identities = state / "identities.json"
+    _write_private(identities, _identities(creds, delivery_prefix))
+    write_security(state, _write_private)
+    with os.fdopen(os.open(state / "weed.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        # security.toml is read from the working folder
+        process = subprocess.Popen(_args(state / "data", identities, base_port), stdout=log, cwd=state,
+                                   stderr=subprocess.STDOUT, start_new_session=True, umask=0o077)
+    try:
+        _wait_ready(server, process, state, timeout, creds["home_id"])
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+def _client(server: EmbeddedS3):
     import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
+                        aws_access_key_id=server.access_key_id, aws_secret_access_key=server.secret_access_key,
+                        config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10))
+
+
+def _claim(server: EmbeddedS3, home_id: str) -> None:
+    """Leave this home's secret id in the server, so later commands can tell it is ours."""
+    from botocore.exceptions import ClientError
+
+    client = _client(server)
+    try:
+        client.create_bucket(Bucket=HOME_BUCKET)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    client.put_object(Bucket=HOME_BUCKET, Key=HOME_KEY, Body=home_id.encode())
+
+
+def _is_ours(server: EmbeddedS3, home_id: str) -> bool:
+    """Whether the server on the port holds this home's id: a program that accepts any
+    request cannot know it, and another home's server refuses these credentials."""
+    try:
+        body = _client(server).get_object(Bucket=HOME_BUCKET, Key=HOME_KEY)["Body"].read()
+    except Exception:
+        return False
+    return secrets.compare_digest(body, home_id.encode())
+
+
+def _private_folder(path: Path) -> Path:
+    """The folder, made 0700, with what an older version left readable made private."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    for root, folders, files in os.walk(path):
+        for name in folders:
+            os.chmod(Path(root) / name, 0o700)
+        for name in files:
+            os.chmod(Path(root) / name, 0o600)
+    return path
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (systemd, Kubernetes, Prefect) unwinds like Ctrl-C, so the server is stopped;
+    by default it would kill this process and orphan SeaweedFS in its own session."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) \
+            not in (signal.SIG_DFL, None):
+        yield  # not ours to change: another thread, or a command that handles SIGTERM itself
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _wait_ready(server: EmbeddedS3, process: subprocess.Popen, state: Path, timeout: float, home_id: str) -> None:
+    """Wait until a write and a read go through (the S3 port answers before the volume server
+    is ready to serve data), leaving this home's id in the server."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                          aws_access_key_id=server.access_key_id,
-                          aws_secret_access_key=server.secret_access_key)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with code {process.returncode}; see {state / 'weed.log'}")
+            raise EmbeddedS3Error(f"SeaweedFS exited with code {process.returncode}; see {state / 'weed.log'}")
         try:
-            client.list_buckets()
-            return
+            _claim(server, home_id)
+            if _is_ours(server, home_id):
+                return
         except (BotoCoreError, ClientError):
-            time.sleep(0.3)
-    stop(process)
-    raise RuntimeError(f"SeaweedFS did not answer on {server.endpoint_url} within {timeout:.0f}s; "
-                       f"see {state / 'weed.log'}")
+            pass
+        time.sleep(0.3)
+    raise EmbeddedS3Error(f"SeaweedFS did not answer on {server.endpoint_url} within {timeout:.0f}s; "
+                          f"see {state / 'weed.log'}")
 
 
 def stop(process: subprocess.Popen) -> None:

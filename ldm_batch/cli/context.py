@@ -94,10 +94,13 @@ class Invocation:
         """Settings with a reachable S3 endpoint: the configured one, or the embedded SeaweedFS
         under the home, started on first use and stopped when the command ends."""
         if not self._store_started:
-            from ldm_batch.embedded_s3 import embedded_s3
+            from ldm_batch.embedded_s3 import EmbeddedS3Error, embedded_s3
 
-            server = self._stack.enter_context(embedded_s3(self.settings.home, self.settings.embedded_s3_port,
-                                                           self.settings.delivery_prefix))
+            try:
+                server = self._stack.enter_context(embedded_s3(self.settings.home, self.settings.embedded_s3_port,
+                                                               self.settings.delivery_prefix))
+            except EmbeddedS3Error as exc:
+                fail(str(exc), 1, self.as_json)
             self.settings = server.client_settings(self.settings)
             self._store_started = True
         return self.settings
