@@ -93,6 +93,7 @@ def summarise(summary: RunSummary, run: RunContext, settings: Settings) -> RunSu
                                  contact_sheet(tiles))
     summary = summary.model_copy(update={"contact_sheet": f"s3://{parts.store.bucket}/{key}"}).ended("finished")
     parts.audit.finish_run(run.run_id, summary.status, summary.model_dump(mode="json"))
+    summary = summary.model_copy(update={"checkpoint": parts.audit.seal()})
     create_markdown_artifact(key="campaign-contact-sheet", description=f"Contact sheet of run {run.run_id}",
                              markdown=f"Contact sheet: `{summary.contact_sheet}` (`ldm-batch console` shows it)")
     create_table_artifact(
@@ -159,6 +160,7 @@ def campaign_batch(sheet: str, campaign: str | None = None,
         summary = summary.fold(generate(plan, run, settings), done=len(plan.done), restored=len(plan.restore))
     except Refused as exc:
         parts.audit.finish_run(run.run_id, "refused", summary.ended("refused", exc.problems).model_dump(mode="json"))
+        parts.audit.seal()
         raise
     except BaseException as exc:
         failed = summary.ended("failed", [Problem(message=str(exc))])

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     c2pa_certificate: Path | None = None
     c2pa_private_key: Path | None = None
     c2pa_timestamp_url: str | None = None  # a timestamp authority; none offline
+    # The Ed25519 key that signs audit checkpoints (PKCS8 PEM); default <home>/audit-seal.key, made on first use.
+    audit_seal_key: Path | None = None
 
     @property
     def audit_url(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from ldm_batch.audit import AuditLog
+from ldm_batch.audit.seal import Sealer
 from ldm_batch.config import Settings
 from ldm_batch.generate import ImageGenerator, quiet_libraries, resolve_device
 from ldm_batch.policies import Policies, load_policies
@@ -32,7 +33,8 @@ class Parts:
         self.settings = settings
         self.policies: Policies = load_policies(settings.policies_dir)
         self.store = ObjectStore(settings)
-        self.audit = AuditLog(settings.audit_url)
+        self.audit = AuditLog(settings.audit_url, Sealer(settings.home, settings.audit_url, self.store,
+                                                         settings.audit_seal_key))
         self.spool = Spool(settings.home / "spool")
         self.marker = Marker(self.policies.provenance, settings)
         self._generator: ImageGenerator | None = None

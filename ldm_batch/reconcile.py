@@ -108,14 +108,18 @@ def missing_objects(run_id: str, audit: AuditLog, store: ObjectStore) -> tuple[i
 
 
 def verify_objects(audit: AuditLog, store: ObjectStore) -> list[str]:
-    """Problems where a stored object no longer has the sha256 its audit record names."""
-    problems = []
+    """Problems where a stored object no longer has the sha256 its audit record names, and
+    objects under the delivery or quarantine prefix that no record accounts for (planted)."""
+    problems, accounted = [], set()
     for record in audit.query():
         if record["kind"] == "row" or not record.get("s3_key"):
             continue
         key = record["s3_key"]
+        accounted.add(key)
         if store.head(key) is None:
             problems.append(f"record {record['seq']}: s3://{store.bucket}/{key} is missing")
         elif hashlib.sha256(store.get(key)).hexdigest() != record["image_sha256"]:
             problems.append(f"record {record['seq']}: s3://{store.bucket}/{key} does not match its sha256")
+    problems += [f"s3://{store.bucket}/{key}: no audit record accounts for this object (planted?)"
+                 for key in store.image_keys() if key not in accounted]
     return problems

@@ -39,6 +39,7 @@ def decide(audit: AuditLog, store: ObjectStore, image_key: str, approve: bool, r
         "reasons": [f"{decision} by {reviewer}: {reason.strip()}"],
         "s3_key": delivered_key if approve else image.s3_key})
     audit.append([review])
+    audit.seal()
     if approve:
         store.copy_image(image_key, "quarantine", "delivery", image.image_sha256)
     return review

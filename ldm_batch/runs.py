@@ -70,6 +70,7 @@ class RunSummary(BaseModel):
     s3_keys: list[str] = []
     workers: list[str] = []
     contact_sheet: str | None = None
+    checkpoint: dict | None = None  # the signed audit checkpoint written after the run
 
     def fold(self, outcomes: list[BatchOutcome], *, done: int, restored: int) -> RunSummary:
         """This summary with the batches' outcomes added; `done` images were complete before

@@ -149,6 +149,18 @@ class ObjectStore:
                 return False
             raise
 
+    def put_locked(self, key: str, data: bytes, retain_until) -> None:
+        """Put an object that must not change: under S3 Object Lock (compliance mode) where the
+        bucket has it, else write-once (If-None-Match) through this client."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/json",
+                                   ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=retain_until)
+        except ClientError as exc:
+            if _code(exc) not in ("InvalidRequest", "InvalidBucketState", "ObjectLockConfigurationNotFoundError",
+                                  "NotImplemented", "400", "501"):
+                raise
+            self.put_new(key, data, content_type="application/json")
+
     def copy(self, source_key: str, target_key: str) -> bool:
         """Copy an object within the bucket; False when the source is gone."""
         try:

@@ -69,7 +69,7 @@ def test_non_commercial_lora_is_refused_for_a_commercial_campaign(prefect_harnes
 
 def test_every_delivered_png_carries_its_provenance(campaign_run, settings):
     store = ObjectStore(settings)
-    for record in AuditLog(settings.audit_url).query(run_id=campaign_run["run_id"], kind="image"):
+    for record in AuditLog(settings.audit_url).query(run_id=campaign_run.run_id, kind="image"):
         image = Image.open(io.BytesIO(store.get(record["s3_key"])))
         parameters = json.loads(image.info["parameters"])
         assert (parameters["prompt"], parameters["seed"]) == (record["prompt"], record["seed"])
@@ -104,7 +104,7 @@ def test_explain_gives_one_images_lineage(campaign_run, settings):
     assert result.exit_code == 0, result.output
     lineage = json.loads(result.stdout)
     assert lineage["image"]["image_sha256"] == record["image_sha256"]
-    assert lineage["run"]["run_id"] == campaign_run["run_id"] and lineage["run"]["status"] == "finished"
+    assert lineage["run"]["run_id"] == campaign_run.run_id and lineage["run"]["status"] == "finished"
     assert [lora["license"]["id"] for lora in lineage["image"]["loras"]] == ["Apache-2.0"]
     unknown = CliRunner().invoke(app, ["audit", "explain", "no-such-image"])
     assert unknown.exit_code == 2
@@ -171,3 +171,12 @@ def test_verify_objects_finds_a_changed_object(campaign_run, settings):
     result = CliRunner().invoke(app, ["audit", "verify", "--objects", "--json"])
     assert result.exit_code == 1
     assert any("does not match its sha256" in p for p in json.loads(result.stdout)["problems"])
+
+
+def test_verify_objects_finds_a_planted_object(campaign_run, settings):
+    store = ObjectStore(settings)
+    store.client.put_object(Bucket=store.bucket, Key="delivery/gov/planted/planted.png", Body=b"not ours")
+    result = CliRunner().invoke(app, ["audit", "verify", "--objects", "--json"])
+    assert result.exit_code == 1
+    assert any("delivery/gov/planted/planted.png: no audit record accounts for this object" in p
+               for p in json.loads(result.stdout)["problems"])

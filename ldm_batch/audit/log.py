@@ -25,15 +25,17 @@ from ldm_batch.audit.tables import ChainHead, LoraUse, Record, Review, Run
 
 GENESIS = "0" * 64
 MIGRATIONS = Path(__file__).parent / "migrations"
-Decision = Literal["delivered", "quarantined", "blocked", "held", "skipped", "approved", "rejected"]
+Decision = Literal["delivered", "quarantined", "blocked", "held", "skipped", "approved", "rejected",
+                   "running", "finished", "refused", "failed"]  # the last four: run records
 
 
 class AuditRecord(BaseModel):
-    """What the log keeps for a refused row (kind="row"), an image (kind="image"), or a
+    """What the log keeps for a refused row (kind="row"), an image (kind="image"), a
     person's decision on a quarantined image (kind="review", a copy of the image's record
-    with the reviewer, the decision and the reason)."""
+    with the reviewer, the decision and the reason), or a run's start or end (kind="run",
+    its state in `metadata`, so the `runs` table can be checked against the chain)."""
 
-    kind: Literal["row", "image", "review"]
+    kind: Literal["row", "image", "review", "run"]
     run_id: str
     campaign: str
     use: str | None = None  # the campaign's declared use: commercial or non-commercial
@@ -104,8 +106,9 @@ INDEXED = ("kind", "run_id", "campaign", "asset_id", "decision", "model_id", "se
 
 
 class AuditLog:
-    def __init__(self, url: str):
+    def __init__(self, url: str, sealer=None):
         self.url = url
+        self.sealer = sealer  # ldm_batch.audit.seal.Sealer: checkpoints outside the database
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=True)
@@ -126,15 +129,30 @@ class AuditLog:
             connection.commit()
 
     # -- runs ---------------------------------------------------------------------------
-    def start_run(self, run_id: str, campaign: str, sheet: str, sheet_sha256: str) -> None:
+    def start_run(self, run_id: str, campaign: str, sheet: str, sheet_sha256: str, by: str | None = None) -> None:
+        """A new run in the `runs` table, and its start in the chain."""
+        run = Run(id=run_id, campaign=campaign, sheet=sheet, sheet_sha256=sheet_sha256, status="running",
+                  started_at=now(), finished_at=None, summary=None)
         with Session(self.engine) as session, session.begin():
-            session.add(Run(id=run_id, campaign=campaign, sheet=sheet, sheet_sha256=sheet_sha256,
-                            status="running", started_at=now()))
+            session.add(run)
+            self._append(session, [_run_record(run)])
 
     def finish_run(self, run_id: str, status: str, summary: dict) -> None:
+        """The run's end state in the `runs` table, and the same state in the chain."""
         with Session(self.engine) as session, session.begin():
             run = session.get(Run, run_id)
             run.status, run.finished_at, run.summary = status, now(), canonical(summary)
+            self._append(session, [_run_record(run)])
+
+    def head(self) -> tuple[int, str]:
+        """The chain's last sequence number and record hash."""
+        with Session(self.engine) as session:
+            head = session.get(ChainHead, 1)
+            return head.seq, head.hash
+
+    def seal(self) -> dict | None:
+        """A signed checkpoint of the chain's head, when this log has a sealer."""
+        return self.sealer.seal(*self.head()) if self.sealer is not None else None
 
     def runs(self) -> list[dict]:
         with Session(self.engine) as session:
@@ -146,35 +164,30 @@ class AuditLog:
     def append(self, records: list[AuditRecord]) -> list[int]:
         """Append records in one transaction; returns their sequence numbers."""
         with Session(self.engine) as session, session.begin():
-            head = session.execute(select(ChainHead).where(ChainHead.id == 1).with_for_update()).scalar_one()
-            seqs, lora_uses, reviews = [], [], []
-            for record in records:
-                payload = record.model_dump(mode="json")
-                payload_json = canonical(payload)
-                seq = head.seq + 1
-                digest = record_hash(seq, head.hash, payload_json)
-                session.add(Record(
-                    seq=seq, payload=payload_json, prev_hash=head.hash, record_hash=digest,
-                    created_at=datetime.fromisoformat(record.created_at),
-                    model_license=(record.model_license or {}).get("id"),
-                    **{name: payload[name] for name in INDEXED}))
-                uses, decisions = normalised_rows(seq, payload)
-                lora_uses += uses
-                reviews += decisions
-                head.seq, head.hash = seq, digest
-                seqs.append(seq)
-            session.flush()  # the records first: the normalised rows refer to them
-            for table, rows in ((LoraUse, lora_uses), (Review, reviews)):
-                if rows:
-                    session.execute(insert(table), rows)
-            return seqs
+            return self._append(session, records)
 
-    def image_record(self, image_key: str) -> AuditRecord | None:
-        """The latest image record for an image key, if any."""
-        with Session(self.engine) as session:
-            row = session.scalars(select(Record).where(Record.kind == "image", Record.image_key == image_key)
-                                  .order_by(Record.seq.desc()).limit(1)).first()
-            return AuditRecord.model_validate_json(row.payload) if row else None
+    def _append(self, session: Session, records: list[AuditRecord]) -> list[int]:
+        head = session.execute(select(ChainHead).where(ChainHead.id == 1).with_for_update()).scalar_one()
+        seqs, lora_uses, reviews = [], [], []
+        for record in records:
+            payload = record.model_dump(mode="json")
+            payload_json = canonical(payload)
+            seq = head.seq + 1
+            digest = record_hash(seq, head.hash, payload_json)
+            session.add(Record(
+                seq=seq, payload=payload_json, prev_hash=head.hash, record_hash=digest,
+                created_at=datetime.fromisoformat(record.created_at), model_license=_license_id(payload),
+                **{name: payload[name] for name in INDEXED}))
+            uses, decisions = normalised_rows(seq, payload)
+            lora_uses += uses
+            reviews += decisions
+            head.seq, head.hash = seq, digest
+            seqs.append(seq)
+        session.flush()  # the records first: the normalised rows refer to them
+        for table, rows in ((LoraUse, lora_uses), (Review, reviews)):
+            if rows:
+                session.execute(insert(table), rows)
+        return seqs
 
     def image_records(self, image_keys: list[str]) -> dict[str, AuditRecord]:
         """The latest image record of each key that has one, in one query per 500 keys."""
@@ -215,6 +228,8 @@ class AuditLog:
                    "model_id": model_id, "kind": kind, "brand": brand,
                    "batch_id": batch_id, "image_key": image_key, "image_sha256": image_sha256}
         statement = select(Record).order_by(Record.seq)
+        if kind is None:  # run records are read through runs(); the rest of the log by default
+            statement = statement.where(Record.kind != "run")
         for name, value in filters.items():
             if value is not None:
                 statement = statement.where(getattr(Record, name) == value)
@@ -239,13 +254,17 @@ class AuditLog:
                     for r in session.scalars(statement)]
 
     def verify(self) -> VerifyReport:
+        """Check the chain, every query column and normalised copy against the hashed records,
+        the `runs` table against the run records, and the chain against its signed checkpoints."""
         problems: list[str] = []
         expected_prev, expected_seq, count = GENESIS, 1, 0
+        hashes: dict[int, str] = {}
+        run_states: dict[str, dict] = {}
         with Session(self.engine) as session:
             copies: dict[int, list[tuple]] = {}
             for table, columns in ((LoraUse, LORA_USE_COLUMNS), (Review, REVIEW_COLUMNS)):
                 for row in session.execute(select(*(getattr(table, c) for c in columns))):
-                    copies.setdefault(row[0], []).append(tuple(row))
+                    copies.setdefault(row[0], []).append(_comparable(row))
             for r in session.scalars(select(Record).order_by(Record.seq)).yield_per(1000):
                 count += 1
                 if r.seq != expected_seq:
@@ -255,25 +274,82 @@ class AuditLog:
                 if record_hash(r.seq, r.prev_hash, r.payload) != r.record_hash:
                     problems.append(f"record {r.seq}: content does not match its hash (edited)")
                 payload = json.loads(r.payload)
-                for name in INDEXED:
-                    if getattr(r, name) != payload.get(name):
-                        problems.append(f"record {r.seq}: column {name} differs from the hashed record")
+                columns = {name: (getattr(r, name), payload.get(name)) for name in INDEXED}
+                columns["model_license"] = (r.model_license, _license_id(payload))
+                columns["created_at"] = (_utc(r.created_at), _utc(datetime.fromisoformat(payload["created_at"])))
+                problems += [f"record {r.seq}: column {name} differs from the hashed record"
+                             for name, (column, hashed) in columns.items() if column != hashed]
                 uses, decisions = normalised_rows(r.seq, payload)
-                expected = [tuple(u[c] for c in LORA_USE_COLUMNS) for u in uses] + \
-                           [tuple(d[c] for c in REVIEW_COLUMNS) for d in decisions]
+                expected = [_comparable(tuple(u[c] for c in LORA_USE_COLUMNS)) for u in uses] + \
+                           [_comparable(tuple(d[c] for c in REVIEW_COLUMNS)) for d in decisions]
                 if sorted(copies.pop(r.seq, []), key=repr) != sorted(expected, key=repr):
                     problems.append(f"record {r.seq}: its LoRA-use or review rows differ from the hashed record")
+                if payload["kind"] == "run":
+                    run_states[payload["run_id"]] = payload
+                hashes[r.seq] = r.record_hash
                 expected_prev, expected_seq = r.record_hash, r.seq + 1
             problems += [f"LoRA-use or review rows name record {seq}, which does not exist" for seq in copies]
             head = session.get(ChainHead, 1)
             if head is None or head.seq != expected_seq - 1 or head.hash != expected_prev:
                 problems.append("chain head does not match the last record (records deleted at the end?)")
+            problems += [f"run {run.id}: {problem}" for run in session.scalars(select(Run))
+                         if (problem := _run_problem(run, run_states.get(run.id)))]
+        if self.sealer is not None:
+            checkpoints, forged = self.sealer.checkpoints()
+            problems += forged + _checkpoint_problems(checkpoints, hashes)
         return VerifyReport(ok=not problems, records=count, problems=problems)
+
+
+def _checkpoint_problems(checkpoints, hashes: dict[int, str]) -> list[str]:
+    """Records a signed checkpoint sealed that are missing or different now: the first bad seq."""
+    problems = []
+    for checkpoint in sorted(checkpoints, key=lambda c: c.seq):
+        if hashes.get(checkpoint.seq) != checkpoint.head:
+            state = "is missing" if checkpoint.seq not in hashes else "differs from what was sealed"
+            problems.append(f"record {checkpoint.seq} {state} (checkpoint of {checkpoint.sealed_at}, "
+                            f"{checkpoint.source}): records were deleted or the chain rewritten")
+            break  # later checkpoints only repeat it
+    return problems
+
+
+def _run_record(run: Run) -> AuditRecord:
+    """A run's state as a chain record: what `verify` holds the `runs` table to."""
+    return AuditRecord(
+        kind="run", run_id=run.id, campaign=run.campaign, sheet=run.sheet, sheet_row=0, asset_id="",
+        decision=run.status, prompt="", text_verdict={}, created_at=now().isoformat(),
+        metadata={"sheet_sha256": run.sheet_sha256, "started_at": _utc(run.started_at),
+                  "finished_at": _utc(run.finished_at), "summary": run.summary})
+
+
+def _run_problem(run: Run, recorded: dict | None) -> str | None:
+    if recorded is None:
+        return "not in the hash chain (added or edited outside the pipeline, or made before run records)"
+    state = {"campaign": run.campaign, "sheet": run.sheet, "status": run.status, "sheet_sha256": run.sheet_sha256,
+             "started_at": _utc(run.started_at), "finished_at": _utc(run.finished_at), "summary": run.summary}
+    hashed = {"campaign": recorded["campaign"], "sheet": recorded["sheet"], "status": recorded["decision"],
+              **{k: recorded["metadata"].get(k) for k in ("sheet_sha256", "started_at", "finished_at", "summary")}}
+    changed = [name for name in state if state[name] != hashed[name]]
+    return f"{', '.join(changed)} differ from the hashed run record" if changed else None
+
+
+def _utc(moment: datetime | None) -> str | None:
+    """A timestamp as UTC ISO text (SQLite returns naive datetimes, PostgreSQL aware ones)."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def _comparable(row) -> tuple:
+    return tuple(_utc(v) if isinstance(v, datetime) else v for v in row)
+
+
+def _license_id(payload: dict) -> str | None:
+    return (payload.get("model_license") or {}).get("id")
 
 
 # The normalised copies' columns that verify compares with the hashed payload.
 LORA_USE_COLUMNS = ("record_seq", "lora_id", "scale", "sha256", "license_id", "commercial_use")
-REVIEW_COLUMNS = ("record_seq", "image_key", "reviewer", "decision", "reason")
+REVIEW_COLUMNS = ("record_seq", "image_key", "reviewer", "decision", "reason", "created_at")
 
 
 def normalised_rows(seq: int, payload: dict) -> tuple[list[dict], list[dict]]:

@@ -131,7 +131,7 @@ def audit_verify(objects: Annotated[bool, typer.Option("--objects", help="Also c
                  config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Check the audit log's hash chain: any edited, deleted or reordered record is reported."""
     with Invocation(config, as_json) as inv:
-        log = inv.audit_log()
+        log = inv.audit_log(with_store=objects)
         report = log.verify()
         if objects:
             from ldm_batch.reconcile import verify_objects
@@ -193,7 +193,8 @@ def _decide(image: str, approve: bool, reason: str, reviewer: str | None, config
     with Invocation(config, as_json) as inv:
         key = inv.image_records(image)[0]["image_key"]
         try:
-            record = decide(inv.audit_log(), ObjectStore(inv.store()), key, approve, reason, reviewer_name(reviewer))
+            record = decide(inv.audit_log(with_store=True), ObjectStore(inv.store()), key, approve, reason,
+                            reviewer_name(reviewer))
         except ReviewError as exc:
             fail(str(exc), 2, as_json)
         except Exception as exc:

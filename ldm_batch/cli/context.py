@@ -105,10 +105,16 @@ class Invocation:
             self._store_started = True
         return self.settings
 
-    def audit_log(self):
+    def audit_log(self, with_store: bool = False):
+        """The audit log, with its checkpoints: in the home, and in the bucket when the store is
+        configured or `with_store` (the embedded one is started for it)."""
         from ldm_batch.audit import AuditLog
+        from ldm_batch.audit.seal import Sealer
+        from ldm_batch.storage import ObjectStore
 
-        log = AuditLog(self.settings.audit_url)
+        settings = self.store() if with_store else self.settings
+        store = ObjectStore(settings) if settings.s3_endpoint_url else None
+        log = AuditLog(settings.audit_url, Sealer(settings.home, settings.audit_url, store, settings.audit_seal_key))
         log.migrate()
         return log
 

@@ -23,6 +23,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from ldm_batch.audit import AuditLog
 from ldm_batch.audit.export import export_bytes
+from ldm_batch.audit.seal import Sealer
 from ldm_batch.audit.lineage import lineage, lineage_rows
 from ldm_batch.config import Settings
 from ldm_batch.console.reviewers import Reviewers
@@ -38,7 +39,8 @@ MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     """The console app; `secure_cookies` when it is served over HTTPS (cookies never sent in clear)."""
-    log, store = AuditLog(settings.audit_url), ObjectStore(settings)
+    store = ObjectStore(settings)
+    log = AuditLog(settings.audit_url, Sealer(settings.home, settings.audit_url, store, settings.audit_seal_key))
     log.migrate()
     reviewers = Reviewers(settings.home / "reviewers.json")
     throttle = LoginThrottle()

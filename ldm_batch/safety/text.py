@@ -125,7 +125,8 @@ class TextScreen:
     def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
                  policy: TextSafetyPolicy, failure: str | None) -> PromptVerdict:
         if classified is not None and not failure:  # a missing or NaN score is no evidence of safety
-            unusable = [name for name in policy.categories if not math.isfinite(classified.get(name, math.nan))]
+            unusable = [name for name in self.classifier.categories
+                        if name in policy.categories and not math.isfinite(classified.get(name, math.nan))]
             if unusable:
                 failure = f"text classifier gave no usable score for {', '.join(unusable)}"
         if failure:

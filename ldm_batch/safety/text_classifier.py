@@ -87,6 +87,7 @@ class SequenceClassifier:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).eval()
         self.labels = spec.labels
+        self.categories = sorted(set(spec.labels.values()))  # what every answer must score
 
     def scores(self, prompts: list[str]) -> list[dict[str, float]]:
         batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=256, return_tensors="pt")
