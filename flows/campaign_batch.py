@@ -25,7 +25,7 @@ from prefect_dask import DaskTaskRunner
 
 from ldm_batch import progress
 from ldm_batch.campaign import process_batch
-from ldm_batch.config import Settings, current_settings
+from ldm_batch.config import Settings, current_settings, fill_secrets, secret_environment, split_secrets
 from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
 from ldm_batch.parts import Parts
 from ldm_batch.plan import Batch
@@ -75,7 +75,8 @@ def plan_run(sheet: Sheet, rows: list[ScreenedRow], run: RunContext, settings: S
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def generate_batch(batch: Batch, run: RunContext, settings: Settings) -> BatchOutcome:
+def generate_batch(batch: Batch, run: RunContext, settings: Settings, secrets: tuple[str, ...] = ()) -> BatchOutcome:
+    settings = fill_secrets(settings, secrets) if secrets else settings  # on a Dask worker: its own secrets
     # The GPU's slot guards a process worker's GPU; a Dask worker owns its GPU (one thread each).
     dask = settings.dask_address or settings.dask_workers
     slot = partial(concurrency, settings.gpu_slot, strict=True) if settings.gpu_slot and not dask else nullcontext
@@ -108,9 +109,10 @@ def task_runner(settings: Settings) -> TaskRunner:
     GPU each; every worker process loads the models once and keeps them)."""
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    if settings.dask_workers:
+    if settings.dask_workers:  # local worker processes get the secrets in their environment at start
         return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
+                                              "processes": True, "dashboard_address": None,
+                                              "env": secret_environment(settings)})
     return ThreadPoolTaskRunner(max_workers=2)  # one batch generates while the one before is screened and stored
 
 
@@ -120,9 +122,11 @@ def generate(plan: Plan, run: RunContext, settings: Settings) -> list[BatchOutco
     if not plan.batches:
         return []
     outcomes = []
+    dask = settings.dask_address or settings.dask_workers
+    shipped, secrets = split_secrets(settings) if dask else (settings, ())  # secrets never go over the wire
     with task_runner(settings) as runner:
         futures = runner.map(generate_batch, {"batch": plan.batches, "run": unmapped(run),
-                                              "settings": unmapped(settings)})
+                                              "settings": unmapped(shipped), "secrets": unmapped(secrets)})
         for future in as_completed(futures):  # progress from here: Dask workers are other processes
             outcomes.append(future.result())
             progress.report("image", outcomes[-1].generated)

@@ -21,13 +21,18 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}  # can run
 LOADING = threading.RLock()
 
 
+# What a loader reads from a checkpoint folder: weights, configs, tokenizers. All of it is pinned.
+PINNED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".onnx"}
+
+
 def weights_sha256(path: Path) -> str:
-    """sha256 of a safetensors file, or of a directory's safetensors files (path + digest lines)."""
+    """sha256 of a weights file, or of a folder's weights, configs and tokenizer files (one
+    "relative/path digest" line each): a changed config or tokenizer changes the pin too."""
     if path.is_file():
         return _file_sha256(path)
-    files = sorted(path.rglob("*.safetensors"))
-    if not files:
+    if not any(path.rglob("*.safetensors")):
         raise CatalogError(f"{path}: no .safetensors weights found (pickle formats are not loaded)")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in PINNED_SUFFIXES)
     lines = "".join(f"{p.relative_to(path).as_posix()} {_file_sha256(p)}\n" for p in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 

@@ -74,6 +74,34 @@ def load_settings(config_file: Path | None = None, **overrides) -> Settings:
     return Settings(**values, **overrides)
 
 
+# Settings that are secrets: never pickled to a Dask worker; each worker has them in its own environment.
+SECRETS = ("database_url", "s3_access_key_id", "s3_secret_access_key")
+
+
+def split_secrets(settings: Settings) -> tuple[Settings, tuple[str, ...]]:
+    """Settings safe to send to another process (secrets removed), and the names it must fill in."""
+    names = tuple(name for name in SECRETS if getattr(settings, name) is not None)
+    return settings.model_copy(update={name: None for name in names}), names
+
+
+def fill_secrets(settings: Settings, names: tuple[str, ...]) -> Settings:
+    """Shipped settings completed from this process's own environment; a worker without one of
+    them refuses rather than falling back to defaults (another database, another store)."""
+    own = load_settings()
+    missing = [name for name in names if getattr(own, name) is None]
+    if missing:
+        raise RuntimeError("this worker's environment lacks " + ", ".join(f"LDM_BATCH_{n.upper()}" for n in missing)
+                           + "; workers take secrets from their own environment, never over the network")
+    return settings.model_copy(update={name: getattr(own, name) for name in names})
+
+
+def secret_environment(settings: Settings) -> dict[str, str]:
+    """The secrets as LDM_BATCH_* variables, for worker processes this process starts itself."""
+    values = {name: getattr(settings, name) for name in SECRETS if getattr(settings, name) is not None}
+    return {f"LDM_BATCH_{name.upper()}": value.get_secret_value() if isinstance(value, SecretStr) else value
+            for name, value in values.items()}
+
+
 _IN_USE: ContextVar[Settings | None] = ContextVar("ldm_batch_settings", default=None)
 
 

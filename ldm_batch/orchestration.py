@@ -24,7 +24,10 @@ def configure_prefect(home: Path) -> None:
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+    prefect_home = Path(os.environ["PREFECT_HOME"])
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last level
+    if prefect_home.is_relative_to(home.resolve()):  # our state: its database is ours to read only
+        os.chmod(prefect_home, 0o700)
 
 
 # The flows by deployment name, as prefect.yaml's entrypoints name them. The library does not

@@ -47,6 +47,7 @@ class TextClassifierSpec(Strict):
     kind: Literal["embedding-head", "sequence-classification"]
     encoder: str | None = None
     head: str | None = None
+    head_sha256: str | None = None  # the head file's sha256: a head that differs is not loaded
     model: str | None = None
     labels: dict[str, str] = {}
 

@@ -190,6 +190,16 @@ class ObjectStore:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
+def export_path(root: Path, key: str) -> Path:
+    """Where an object is copied under a local folder; a key that would land outside it
+    (`../`, an absolute path: some S3 stores accept such keys) is refused."""
+    root = root.resolve()
+    target = (root / key.lstrip("/")).resolve()
+    if not target.is_relative_to(root) or target == root or key.startswith("/"):
+        raise ValueError(f"object key {key!r} would be written outside {root}")
+    return target
+
+
 def check_sheet_location(uri: str, settings: Settings) -> None:
     """Refuse a sheet location a flow must not read with the pipeline's credentials: another
     bucket, a key outside the inbox and sheets prefixes, or a local file outside `sheet_roots`."""

@@ -66,3 +66,23 @@ def test_validate_does_not_echo_a_file_that_is_not_a_sheet(tmp_path):
         assert result.exit_code == 2
         assert secret not in result.output and "ldmkey0123456789" not in result.output
         assert "required column 'prompt' is missing" in result.output
+
+
+def test_the_home_and_its_audit_database_are_private(tmp_path):
+    import stat
+
+    home = tmp_path / "home"
+    result = cli("audit", "query", env={"LDM_BATCH_HOME": str(home), "LDM_BATCH_DATABASE_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "audit.db").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("key", ["../../escape.png", "delivery/a/../../../x.png", "/etc/cron.d/x"])
+def test_store_export_keeps_every_key_inside_its_folder(tmp_path, key):
+    """SeaweedFS refuses such keys; other S3 stores (AWS S3 among them) accept them."""
+    from ldm_batch.storage import export_path
+
+    with pytest.raises(ValueError, match="outside"):
+        export_path(tmp_path / "out", key)
+    assert export_path(tmp_path / "out", "delivery/c/a.png") == (tmp_path / "out" / "delivery/c/a.png").resolve()

@@ -113,3 +113,23 @@ def test_a_forked_child_runs_torch_work_on_its_own_torch_thread():
     if child.is_alive():
         child.kill()
     assert results.get(timeout=5) == 6
+
+
+def test_a_changed_config_or_tokenizer_changes_the_pin(tmp_path):
+    import shutil
+
+    import pytest
+
+    from ldm_batch.catalog import resolve, verified_path, weights_sha256
+    from ldm_batch.problems import CatalogError
+
+    folder = tmp_path / "demo-tiny-sd"
+    shutil.copytree(resolve("builtin:demo-tiny-sd", None), folder)
+    pin = weights_sha256(folder)
+    for edited in ("unet/config.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"):
+        original = (folder / edited).read_text()
+        (folder / edited).write_text(original.replace("}", ', "edited": true}', 1))
+        with pytest.raises(CatalogError, match="does not match the catalog"):
+            verified_path(str(folder), None, pin)
+        (folder / edited).write_text(original)
+    assert verified_path(str(folder), None, pin)[1] == pin

@@ -158,3 +158,16 @@ def test_a_nan_or_missing_classifier_score_fails_closed(screen, monkeypatch, bro
                         lambda texts: [{**scores, **broken} if broken else {} for scores in honest(texts)])
     verdict = screen.screen(["a calm lake at dawn"])[0]
     assert verdict.decision == "block" and "no usable score" in verdict.reasons[0]
+
+
+def test_a_head_that_differs_from_its_pin_is_not_loaded(tmp_path):
+    copy = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", copy)
+    from safetensors.torch import load_file, save_file
+
+    head = copy / "text_safety_head.safetensors"
+    tensors = load_file(str(head))
+    tensors["bias"] = tensors["bias"] - 5.0  # a head that lets everything through
+    save_file(tensors, str(head))
+    verdict = TextScreen(load_policies(copy), copy).screen(["a calm lake at dawn"])[0]
+    assert verdict.decision == "block" and "the policy pins" in verdict.reasons[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -109,8 +110,11 @@ class AuditLog:
     def __init__(self, url: str, sealer=None):
         self.url = url
         self.sealer = sealer  # ldm_batch.audit.seal.Sealer: checkpoints outside the database
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///").partition("?")[0]) if url.startswith("sqlite:///") else None
+        if path is not None and path.name not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # new: readable by us only (SQLite gives -wal and -shm the same mode)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             _sqlite_immediate_transactions(self.engine)

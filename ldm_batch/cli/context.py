@@ -9,6 +9,7 @@ so text like "[/b]" or "[link=...]" is shown as written, never interpreted by th
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
@@ -83,6 +84,9 @@ class Invocation:
             fail(f"settings: {exc}", 2, as_json)
         self._stack = ExitStack()
         self._store_started = bool(self.settings.s3_endpoint_url)
+        # the home holds keys, the audit database and Prefect's: readable by this user only
+        self.settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.settings.home, 0o700)
 
     def __enter__(self) -> Invocation:
         return self

@@ -104,16 +104,16 @@ def store_export(destination: Annotated[Path, typer.Argument(help="Folder to cop
                  prefix: Annotated[str, typer.Option(help="Only keys under this prefix")] = "",
                  config: ConfigOption = None) -> None:
     """Copy objects from the bucket into a local folder (keys become paths inside it)."""
-    from ldm_batch.storage import ObjectStore
+    from ldm_batch.storage import ObjectStore, export_path
 
-    root = destination.resolve()
     with Invocation(config) as inv:
         store = ObjectStore(inv.store())
         keys = store.keys(prefix)
         for key in keys:
-            target = (root / key).resolve()
-            if not target.is_relative_to(root) or target == root:  # a key like ../../x must not escape
-                fail(f"object key {key!r} would be written outside {root}; nothing more copied", 1)
+            try:
+                target = export_path(destination, key)
+            except ValueError as exc:
+                fail(f"{exc}; nothing more copied", 1)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(store.get(key))
     print_data(f"copied {len(keys)} objects from s3://{store.bucket}/{prefix} to {destination}")

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors import safe_open
 
-from ldm_batch.catalog import LOADING, CatalogError, verified_path
+from ldm_batch.catalog import LOADING, CatalogError, verified_path, weights_sha256
 from ldm_batch.policies import Policies
 
 
@@ -60,6 +60,10 @@ class EmbeddingHeadClassifier:
         if not head_path.exists():
             raise ClassifierUnavailable(f"{head_path} is missing; train it with "
                                         "`python -m ldm_batch.safety.train_text_head`")
+        actual = weights_sha256(head_path)
+        if actual != spec.head_sha256:
+            raise ClassifierUnavailable(f"{head_path} has sha256 {actual}; the policy pins {spec.head_sha256} "
+                                        "(classifier.head_sha256 in text_safety.yaml)")
         with safe_open(str(head_path), "pt") as f:
             metadata = f.metadata() or {}
         weights = load_file(str(head_path))

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from ldm_batch.config import REPO_POLICIES
+from ldm_batch.catalog import weights_sha256
 from ldm_batch.policies import load_policies
 from ldm_batch.safety.text import rule_hits, without_allowed_phrases
 from ldm_batch.safety.text_classifier import Encoder
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "categories": ",".join(categories), "encoder_sha256": encoder.sha256, "head_sha256": digest,
         "train_prompts": str(len(train))})
     print(f"trained on {len(train)} prompts ({int(targets.sum())} unsafe), final loss {loss:.4f}; wrote {out}")
+    print(f"pin it in text_safety.yaml: classifier.head_sha256: {weights_sha256(out)}")
 
 
 if __name__ == "__main__":
