@@ -215,3 +215,63 @@ def test_skip_invalid_rows_runs_the_valid_ones_and_audits_the_rest(prefect_harne
         (1, "delivered"), (2, "skipped"), (3, "delivered"), (4, "skipped")]
     skipped = next(r for r in records if r["sheet_row"] == 4)
     assert "spreadsheet formula" in skipped["reasons"][0] and skipped["s3_key"] is None
+
+
+def forged_xlsx(path, rows: int, dimension: str | None) -> None:
+    """An XLSX whose declared dimension lies (or is missing), as an attacker would write it."""
+    import re
+    import zipfile
+
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("prompts")
+    sheet.append(["asset_id", "prompt"])
+    for i in range(rows):
+        sheet.append([f"a-{i}", "a red circle"])
+    plain = path.with_suffix(".plain.xlsx")
+    workbook.save(plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.startswith("xl/worksheets/"):
+                data = re.sub(rb"<dimension [^>]*/>", b"" if dimension is None else
+                              f'<dimension ref="{dimension}"/>'.encode(), data)
+            target.writestr(item, data)
+
+
+@pytest.mark.parametrize("dimension", [None, "A1:B2"])
+def test_an_xlsx_that_lies_about_its_size_is_counted_while_read(settings, tmp_path, dimension):
+    sheet = tmp_path / "rows.xlsx"
+    forged_xlsx(sheet, 12_000, dimension)
+    result = cli("validate", sheet, "--json")
+    assert result.exit_code == 2, result.output
+    assert "more than 10000 rows" in report_of(result)["errors"][0]["message"]
+
+
+def test_a_huge_xlsx_stops_at_the_row_limit_in_bounded_memory(settings, tmp_path):
+    sheet = tmp_path / "huge.xlsx"
+    forged_xlsx(sheet, 200_000, "A1:B2")
+    tracemalloc.start()
+    result = cli("validate", sheet, "--json")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.exit_code == 2 and "more than 10000 rows" in report_of(result)["errors"][0]["message"]
+    assert peak < 100 * 2**20  # was 578 MB when the workbook was loaded whole
+
+
+def test_the_flow_refuses_parameters_a_deployment_caller_could_abuse(prefect_harness, settings, tmp_path):
+    from flows.campaign_batch import campaign_batch
+    from ldm_batch.problems import ParameterInvalid
+
+    sheet = tmp_path / "ok.csv"
+    sheet.write_text("asset_id,prompt\na-1,a red circle\n")
+    with pytest.raises(ParameterInvalid, match="campaign"):
+        campaign_batch(sheet=str(sheet), campaign="../../delivery/x")
+    with pytest.raises(ParameterInvalid, match="LDM_BATCH_SHEET_ROOTS"):
+        campaign_batch(sheet=str(REPO / "policies" / "models.yaml"))
+    with pytest.raises(ParameterInvalid, match="sheets are read from"):
+        campaign_batch(sheet="s3://another-bucket/sheets/x.csv")
+    with pytest.raises(ParameterInvalid, match="sheets are read from"):
+        campaign_batch(sheet=f"s3://{settings.s3_bucket}/delivery/x.csv")
+    assert AuditLog(settings.audit_url).runs() == []  # nothing started
