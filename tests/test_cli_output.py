@@ -86,3 +86,21 @@ def test_store_export_keeps_every_key_inside_its_folder(tmp_path, key):
     with pytest.raises(ValueError, match="outside"):
         export_path(tmp_path / "out", key)
     assert export_path(tmp_path / "out", "delivery/c/a.png") == (tmp_path / "out" / "delivery/c/a.png").resolve()
+
+
+def test_commands_that_read_do_not_load_torch_diffusers_or_prefect(tmp_path):
+    """validate, audit and review start in about a second: they never import the model stack."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ldm_batch.cli import app\n"
+            f"for args in (['validate', {str(REPO / 'examples' / 'campaign_small.csv')!r}], ['audit', 'query'], "
+            "['review', 'list'], ['audit', 'verify']):\n"
+            "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+            "print(sorted({'torch', 'diffusers', 'transformers', 'prefect', 'open_clip'} & set(sys.modules)))")
+    env = {"LDM_BATCH_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
