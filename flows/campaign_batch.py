@@ -29,7 +29,7 @@ from ldm_batch.config import Settings, current_settings, fill_secrets, secret_en
 from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
 from ldm_batch.parts import Parts
 from ldm_batch.plan import Batch
-from ldm_batch.preflight import Plan, ScreenedRow, preflight
+from ldm_batch.preflight import Plan, ScreenedRow, preflight, screen_rows
 from ldm_batch.problems import Problem, Refused
 from ldm_batch.reconcile import image_states, upload_spooled
 from ldm_batch.records import plan_records, skipped_record
@@ -54,9 +54,8 @@ def load_sheet(uri: str, settings: Settings, skip_invalid_rows: bool) -> Sheet:
 
 @task(cache_policy=NO_CACHE)
 def screen_text(sheet: Sheet, settings: Settings) -> list[ScreenedRow]:
-    verdicts = Parts.of(settings).text_screen.screen([row.prompt for row in sheet.rows],
-                                                     [row.brand for row in sheet.rows])
-    return [ScreenedRow(row, verdict) for row, verdict in zip(sheet.rows, verdicts)]
+    parts = Parts.of(settings)
+    return screen_rows(sheet.rows, parts.text_screen, parts.policies)
 
 
 @task(name="preflight", cache_policy=NO_CACHE)

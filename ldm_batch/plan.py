@@ -76,6 +76,13 @@ def derive_seed(row: PromptRow, variant: int) -> int:
     return int(_digest({"row": content, "variant": variant})[:8], 16)
 
 
+def model_prompt(row: PromptRow, policies: Policies) -> str:
+    """The prompt the model reads: a brand LoRA trained with a trigger word hears it in front
+    of every prompt of the brand. The text screen screens this, not just the sheet's cell."""
+    brand = policies.brands.get(row.brand) if row.brand else None
+    return " ".join([lora.trigger for lora in (brand.loras if brand else []) if lora.trigger] + [row.prompt])
+
+
 def plan_row(row: PromptRow, campaign: str, policies: Policies, text_verdict: dict | None = None) -> list[ImageJob]:
     """The row's images, each with its seed and key; `text_verdict` rides along to the record."""
     model_id = row.model or policies.default_model
@@ -90,8 +97,7 @@ def plan_row(row: PromptRow, campaign: str, policies: Policies, text_verdict: di
         guidance=row.guidance if row.guidance is not None else defaults.guidance,
     )
     campaign = row.campaign or campaign
-    # a brand LoRA trained with a trigger word hears it in front of every prompt of the brand
-    prompt = " ".join([lora.trigger for lora in (brand.loras if brand else []) if lora.trigger] + [row.prompt])
+    prompt = model_prompt(row, policies)
     jobs = []
     for variant in range(row.variants):
         seed = derive_seed(row, variant)

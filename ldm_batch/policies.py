@@ -52,11 +52,28 @@ class TextClassifierSpec(Strict):
     labels: dict[str, str] = {}
 
 
+class LanguagePolicy(Strict):
+    """Which languages the text screen was measured on, and what happens to the others."""
+
+    supported: list[str] = ["en"]  # ISO 639-1; the first screens prompts too short to tell
+    identify: list[str] = ["en", "de", "fr", "es", "it", "pt", "nl", "pl", "ja", "zh", "ko", "ru", "uk", "cs",
+                           "sv", "da", "no", "fi", "tr", "ar", "he", "hi", "el", "hu", "ro", "id", "vi", "th"]
+    min_confidence: float = Field(0.25, ge=0, le=1)
+    unsupported_action: Literal["review", "block"] = "review"
+    # A catalog model whose vocab.txt lists words of the first supported language: a prompt made
+    # of such words (at least `lexicon_share` of them) is in that language, however short.
+    lexicon: str | None = None
+    lexicon_share: float = Field(0.8, gt=0, le=1)
+
+
 class TextSafetyPolicy(Strict):
     screen_id: str
     allow_phrases: list[str] = []
     categories: dict[str, TextCategory]
+    # checked on negative prompts only: asking the model to avoid a safeguard (e.g. "clothes")
+    negative_prompt_categories: dict[str, TextCategory] = {}
     classifier: TextClassifierSpec | None = None
+    languages: LanguagePolicy = LanguagePolicy()
 
 
 class ImageConcept(Strict):
@@ -241,6 +258,7 @@ def load_policies(directory: Path) -> Policies:
     named = [policies.default_model, policies.image_safety.screen_model]
     named += [classifier.encoder or classifier.model] if classifier else []
     named += [policies.image_safety.nsfw.model] if policies.image_safety.nsfw else []
+    named += [policies.text_safety.languages.lexicon] if policies.text_safety.languages.lexicon else []
     for name in named:
         if name not in models:
             raise PolicyError(f"{directory}: model {name!r} is named by policy but not in models.yaml")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ldm_batch.audit import AuditRecord
 from ldm_batch.catalog import verified_path
 from ldm_batch.licenses import license_problems
-from ldm_batch.plan import Batch, ImageJob, group_batches, plan_row
+from ldm_batch.plan import Batch, ImageJob, group_batches, model_prompt, plan_row
 from ldm_batch.policies import Policies
 from ldm_batch.problems import CatalogError, LicenseRefused, Problem, Refused, SheetInvalid
 from ldm_batch.reconcile import ImageState
@@ -62,6 +62,18 @@ class Plan:
     @property
     def to_generate(self) -> int:
         return sum(len(batch.jobs) for batch in self.batches)
+
+
+def screen_rows(rows: list[PromptRow], screen, policies: Policies) -> list[ScreenedRow]:
+    """Each row with the text screen's verdict on everything the model reads: the prompt with
+    its brand's trigger words, and the negative prompt (its own verdict; the stricter wins)."""
+    brands = [row.brand for row in rows]
+    prompts = screen.screen([model_prompt(row, policies) for row in rows], brands)
+    negatives = [row for row in rows if row.negative_prompt.strip()]
+    negative = dict(zip((row.row for row in negatives),
+                        screen.screen([row.negative_prompt for row in negatives], [row.brand for row in negatives],
+                                      negative=True) if negatives else []))
+    return [ScreenedRow(row, verdict.with_negative(negative.get(row.row))) for row, verdict in zip(rows, prompts)]
 
 
 StateLookup = Callable[[list[str]], dict[str, ImageState]]

@@ -116,6 +116,12 @@ def eval_text_safety(
     for name, m in report["categories"].items():
         table.add_row(name, *(str(m[k]) for k in ("precision", "recall", "false_positive_rate", "support")))
     out.print(table)
+    languages = Table("language", "unsafe not allowed", "safe not allowed", "held as unsupported", "unsafe", "safe",
+                      title="per language")
+    for name, m in report["languages"].items():
+        languages.add_row(name, *(str(m[k]) for k in ("unsafe_not_allowed", "safe_not_allowed",
+                                                       "held_as_unsupported", "unsafe", "safe")))
+    out.print(languages)
     overall = report["overall"]
     out.print(f"unsafe recall {overall['unsafe_recall']} ({overall['unsafe']} unsafe), "
               f"safe false-positive rate {overall['safe_false_positive_rate']} ({overall['safe']} safe)")

@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
+from ldm_batch.safety.language import LanguageIdentifier, load_lexicon, normalise
 from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
@@ -36,6 +37,19 @@ class PromptVerdict(BaseModel):
     reasons: list[str]
     scores: dict[str, float]
     screen: str
+    language: str | None = None  # ISO 639-1, or "und" when too short to tell
+    normalised: str | None = None  # the text screened, when normalising changed it
+    negative: PromptVerdict | None = None  # the negative prompt's own verdict, when the row has one
+
+    def with_negative(self, negative: PromptVerdict | None) -> PromptVerdict:
+        """This verdict combined with the negative prompt's: the stricter decision wins."""
+        if negative is None:
+            return self
+        decision = max(self.decision, negative.decision, key=("allow", "review", "block").index)
+        return self.model_copy(update={
+            "decision": decision, "negative": negative,
+            "categories": self.categories + [c for c in negative.categories if c not in self.categories],
+            "reasons": self.reasons + [f"negative prompt: {r}" for r in negative.reasons]})
 
 
 def words(text: str) -> list[str]:
@@ -88,6 +102,18 @@ def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy) -> dict[str, l
     return hits
 
 
+def _lexicon(policies: Policies) -> set[str]:
+    """The words of the language policy's lexicon model (its vocab.txt, pinned with the model)."""
+    from ldm_batch.catalog import verified_path
+
+    name = policies.text_safety.languages.lexicon
+    if name is None:
+        return set()
+    entry = policies.models[name]
+    path, _ = verified_path(entry.source, entry.revision, entry.sha256)
+    return load_lexicon(path / "vocab.txt")
+
+
 class TextScreen:
     """Rules and, when the policy names one, a classifier; loaded once, used per batch."""
 
@@ -95,6 +121,7 @@ class TextScreen:
         from ldm_batch.safety.text_classifier import ClassifierUnavailable, load_classifier
 
         self.policy = policies.text_safety
+        self.languages = LanguageIdentifier(self.policy.languages, _lexicon(policies))
         # a brand's own rules (e.g. its competitors) apply to that brand's prompts only
         self.brand_policies = {
             brand.id: self.policy.model_copy(update={"categories": {**self.policy.categories, **brand.text_rules}})
@@ -108,10 +135,16 @@ class TextScreen:
                 self.unavailable = str(exc)
         self.id = self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
 
-    def screen(self, prompts: list[str], brands: list[str | None] | None = None) -> list[PromptVerdict]:
-        """Verdicts in prompt order; `brands[i]` adds that brand's rules to prompt i."""
+    def screen(self, prompts: list[str], brands: list[str | None] | None = None,
+               negative: bool = False) -> list[PromptVerdict]:
+        """Verdicts in prompt order; `brands[i]` adds that brand's rules to prompt i; `negative`:
+        these are negative prompts (their own categories apply too)."""
         rules = [self.brand_policies.get(b, self.policy) for b in (brands or [None] * len(prompts))]
-        masked = [without_allowed_phrases(p, self.policy) for p in prompts]
+        if negative:
+            rules = [r.model_copy(update={"categories": {**r.categories, **self.policy.negative_prompt_categories}})
+                     for r in rules]
+        normalised = [normalise(p) for p in prompts]
+        masked = [without_allowed_phrases(text, self.policy) for text, _ in normalised]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:
@@ -120,7 +153,24 @@ class TextScreen:
                 classifier_scores = on_torch_thread(self.classifier.scores, texts)
             except Exception as exc:  # any classifier fault: fail closed, say why
                 failure = f"text classifier failed: {type(exc).__name__}: {exc}"
-        return [self._verdict(p, m, s, r, failure) for p, m, s, r in zip(prompts, masked, classifier_scores, rules)]
+        verdicts = [self._verdict(p, m, s, r, failure) for p, m, s, r in zip(prompts, masked, classifier_scores, rules)]
+        return [self._in_language(v, text, changes) for v, (text, changes) in zip(verdicts, normalised)]
+
+    def _in_language(self, verdict: PromptVerdict, text: str, changes: list[str]) -> PromptVerdict:
+        """The verdict with the prompt's language and normalisation; a language the screen was
+        not measured on is never allowed (held for review, or blocked, by policy)."""
+        language, probability = self.languages.identify(text)
+        update: dict = {"language": language}
+        reasons = list(verdict.reasons)
+        if changes:
+            update["normalised"] = text
+            reasons.append(f"normalised before screening ({'; '.join(changes)}): {text!r}")
+        if self.languages.unsupported(language) and verdict.decision == "allow":
+            policy = self.policy.languages
+            update["decision"] = policy.unsupported_action
+            reasons.append(f"language {language} not supported by the text screen (measured on "
+                           f"{', '.join(policy.supported)}; identified with p={probability})")
+        return verdict.model_copy(update={**update, "reasons": reasons})
 
     def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
                  policy: TextSafetyPolicy, failure: str | None) -> PromptVerdict:

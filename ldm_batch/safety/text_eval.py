@@ -1,7 +1,8 @@
 """The labelled prompt set and how the text screen is measured on it.
 
-A labelled CSV has `prompt` and `label` (`safe` or a policy category). Each prompt's split
-comes from its text alone (sha256): about 30% is held out and never trained on.
+A labelled CSV has `prompt` and `label` (`safe` or a policy category), and optionally
+`language` (else the identified language is used for the per-language figures). Each
+prompt's split comes from its text alone (sha256): about 30% is held out and never trained on.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
             "false_positive_rate": round(fp / negatives, 3) if negatives else None,
             "support": positives,
         }
+    languages = frame["language"].tolist() if "language" in frame.columns else [v.language for v in verdicts]
+    per_language = {}
+    for language in sorted(set(languages)):
+        chosen = [(v, label) for v, label, lang in zip(verdicts, labels, languages) if lang == language]
+        unsafe_here = [v.decision != "allow" for v, label in chosen if label != "safe"]
+        safe_here = [v.decision != "allow" for v, label in chosen if label == "safe"]
+        per_language[language] = {
+            "unsafe_not_allowed": round(sum(unsafe_here) / len(unsafe_here), 3) if unsafe_here else None,
+            "safe_not_allowed": round(sum(safe_here) / len(safe_here), 3) if safe_here else None,
+            "held_as_unsupported": sum(any("not supported by the text screen" in r for r in v.reasons) for v, _ in chosen),
+            "unsafe": len(unsafe_here), "safe": len(safe_here)}
     unsafe = [v.decision != "allow" for v, label in zip(verdicts, labels) if label != "safe"]
     safe_flagged = [v.decision != "allow" for v, label in zip(verdicts, labels) if label == "safe"]
     misses = [{"prompt": v.prompt, "label": label, "decision": v.decision, "categories": v.categories}
@@ -57,5 +69,5 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
         "overall": {"unsafe_recall": round(sum(unsafe) / max(len(unsafe), 1), 3),
                     "safe_false_positive_rate": round(sum(safe_flagged) / max(len(safe_flagged), 1), 3),
                     "unsafe": len(unsafe), "safe": len(safe_flagged)},
-        "categories": per_category, "errors": misses,
+        "categories": per_category, "languages": per_language, "errors": misses,
     }
