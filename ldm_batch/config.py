@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     c2pa_timestamp_url: str | None = None  # a timestamp authority; none offline
     # The Ed25519 key that signs audit checkpoints (PKCS8 PEM); default <home>/audit-seal.key, made on first use.
     audit_seal_key: Path | None = None
+    # Public keys (base64) of other homes sharing this audit database (other hosts): their
+    # checkpoints are checked too. Simpler: give every host the same audit_seal_key.
+    audit_trusted_keys: list[str] = []
 
     @property
     def audit_url(self) -> str:

@@ -33,8 +33,7 @@ class Parts:
         self.settings = settings
         self.policies: Policies = load_policies(settings.policies_dir)
         self.store = ObjectStore(settings)
-        self.audit = AuditLog(settings.audit_url, Sealer(settings.home, settings.audit_url, self.store,
-                                                         settings.audit_seal_key))
+        self.audit = AuditLog(settings.audit_url, Sealer.for_settings(settings, self.store))
         self.spool = Spool(settings.home / "spool")
         self.marker = Marker(self.policies.provenance, settings)
         self._generator: ImageGenerator | None = None

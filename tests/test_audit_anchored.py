@@ -137,6 +137,17 @@ def test_a_forged_or_deleted_checkpoint_does_not_pass(sealed, tmp_path):
     forged = json.loads(latest.read_text())
     forged["head"] = "0" * 64
     (folder / "999999999999.json").write_text(json.dumps(forged))
-    assert any("not signed with this home's audit seal key" in p for p in problems(sealed))
+    assert any("signature does not hold" in p for p in problems(sealed))
     shutil.rmtree(folder)
     assert sealed.verify().ok  # without checkpoints only the chain is checked: what the README says
+
+
+def test_another_homes_checkpoints_are_checked_once_its_key_is_trusted(sealed, tmp_path):
+    other = Sealer(tmp_path / "other-home", sealed.url)
+    other.folder = sealed.sealer.folder  # the same place: a shared bucket prefix
+    seq, head = sealed.head()
+    other.seal(seq, "f" * 64)  # another host's (here: wrong) checkpoint
+    report = sealed.verify()
+    assert report.ok and any("signed by a key this home does not trust" in n for n in report.notes)
+    sealed.sealer.trusted_keys.add(other.public_key_text())
+    assert any("differs from what was sealed" in p for p in problems(sealed))

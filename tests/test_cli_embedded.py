@@ -45,4 +45,4 @@ def test_run_json_contract_then_query_the_audit_log(tmp_path):
     assert len(list(exported.rglob("*.png"))) == summary["images_delivered"]
 
     verify = ldm_batch("audit", "verify", "--json", env=env)
-    assert verify.returncode == 0 and json.loads(verify.stdout)["records"] == 6
+    assert verify.returncode == 0 and json.loads(verify.stdout)["records"] == 8  # and the run's start and end

@@ -145,7 +145,8 @@ def test_four_runs_at_once_into_one_postgres_log_and_bucket(settings, postgres_u
     assert report.ok, report.problems
     records = log.query(kind="image")
     assert len(records) == 8 and len({r["image_key"] for r in records}) == 8
-    assert sorted(r["seq"] for r in log.query()) == list(range(1, 9))  # one chain, no gaps
+    seqs = sorted(r["seq"] for kind in ("image", "row", "run") for r in log.query(kind=kind))
+    assert seqs == list(range(1, 8 + 2 * 4 + 1))  # one chain, no gaps: images and each run's start and end
     objects_match_records(settings, records)
 
 

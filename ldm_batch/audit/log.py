@@ -87,6 +87,7 @@ class VerifyReport(BaseModel):
     ok: bool
     records: int
     problems: list[str]
+    notes: list[str] = []  # what was not checked, and why
 
 
 def canonical(payload: dict) -> str:
@@ -298,10 +299,13 @@ class AuditLog:
                 problems.append("chain head does not match the last record (records deleted at the end?)")
             problems += [f"run {run.id}: {problem}" for run in session.scalars(select(Run))
                          if (problem := _run_problem(run, run_states.get(run.id)))]
+        notes = []
         if self.sealer is not None:
-            checkpoints, forged = self.sealer.checkpoints()
+            checkpoints, forged, notes = self.sealer.checkpoints()
             problems += forged + _checkpoint_problems(checkpoints, hashes)
-        return VerifyReport(ok=not problems, records=count, problems=problems)
+            if not checkpoints:
+                notes.append("no checkpoint of this home's key: only the hash chain was checked")
+        return VerifyReport(ok=not problems, records=count, problems=problems, notes=notes)
 
 
 def _checkpoint_problems(checkpoints, hashes: dict[int, str]) -> list[str]:

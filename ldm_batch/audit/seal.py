@@ -53,11 +53,17 @@ def chain_id(url: str) -> str:
 
 
 class Sealer:
-    def __init__(self, home: Path, audit_url: str, store=None, key_path: Path | None = None):
+    def __init__(self, home: Path, audit_url: str, store=None, key_path: Path | None = None,
+                 trusted_keys: list[str] = ()):
         self.chain = chain_id(audit_url)
         self.folder = Path(home) / "audit-checkpoints" / self.chain
         self.key_path = Path(key_path) if key_path else Path(home) / "audit-seal.key"
         self.store = store
+        self.trusted_keys = set(trusted_keys)  # other homes' public keys (base64), e.g. other hosts
+
+    @classmethod
+    def for_settings(cls, settings, store=None) -> Sealer:
+        return cls(settings.home, settings.audit_url, store, settings.audit_seal_key, settings.audit_trusted_keys)
 
     def _key(self) -> Ed25519PrivateKey:
         if not self.key_path.exists():
@@ -75,12 +81,17 @@ class Sealer:
     def public_key(self) -> Ed25519PublicKey:
         return self._key().public_key()
 
+    def public_key_text(self) -> str:
+        """This home's public key, base64: what other homes list in LDM_BATCH_AUDIT_TRUSTED_KEYS."""
+        return base64.b64encode(self.public_key().public_bytes(serialization.Encoding.Raw,
+                                                               serialization.PublicFormat.Raw)).decode()
+
     def seal(self, seq: int, head: str) -> dict:
         """Sign and store a checkpoint of the chain's head; returns what the run report keeps."""
         checkpoint = Checkpoint(seq, head, datetime.now(UTC).isoformat(), "")
         signature = self._key().sign(checkpoint.payload(self.chain))
         body = {"chain": self.chain, "seq": seq, "head": head, "sealed_at": checkpoint.sealed_at,
-                "signature": base64.b64encode(signature).decode()}
+                "public_key": self.public_key_text(), "signature": base64.b64encode(signature).decode()}
         data = json.dumps(body, indent=1).encode()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / f"{seq:012d}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -92,9 +103,11 @@ class Sealer:
             body["s3_key"] = key
         return body
 
-    def checkpoints(self) -> tuple[list[Checkpoint], list[str]]:
-        """Every stored checkpoint whose signature holds, and problems with the others."""
-        found, problems = [], []
+    def checkpoints(self) -> tuple[list[Checkpoint], list[str], list[str]]:
+        """Stored checkpoints signed by a trusted key (this home's or a listed one); problems with
+        checkpoints whose signature does not hold (forged or damaged); notes on checkpoints
+        signed by keys this home does not trust (another host's: list its key to check them)."""
+        found, problems, notes = [], [], []
         sources = [(str(p), p.read_bytes()) for p in sorted(self.folder.glob("*.json"))] if self.folder.exists() else []
         if self.store is not None:
             try:
@@ -103,14 +116,20 @@ class Sealer:
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "NoSuchBucket":  # no bucket yet: nothing sealed there
                     raise
-        public = self.public_key()
+        trusted = self.trusted_keys | {self.public_key_text()}
         for source, data in sources:
             try:
                 body = json.loads(data)
                 checkpoint = Checkpoint(int(body["seq"]), str(body["head"]), str(body["sealed_at"]), source)
-                public.verify(base64.b64decode(body["signature"]), checkpoint.payload(self.chain))
+                signer = str(body.get("public_key") or self.public_key_text())
+                Ed25519PublicKey.from_public_bytes(base64.b64decode(signer)).verify(
+                    base64.b64decode(body["signature"]), checkpoint.payload(self.chain))
             except (InvalidSignature, ValueError, KeyError, TypeError):
-                problems.append(f"checkpoint {source}: not signed with this home's audit seal key (forged or damaged)")
+                problems.append(f"checkpoint {source}: its signature does not hold (forged or damaged)")
+                continue
+            if signer not in trusted:
+                notes.append(f"checkpoint {source}: signed by a key this home does not trust ({signer[:12]}...); "
+                             "list it in LDM_BATCH_AUDIT_TRUSTED_KEYS to check the chain against it")
                 continue
             found.append(checkpoint)
-        return found, problems
+        return found, problems, notes

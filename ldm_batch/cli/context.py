@@ -118,7 +118,7 @@ class Invocation:
 
         settings = self.store() if with_store else self.settings
         store = ObjectStore(settings) if settings.s3_endpoint_url else None
-        log = AuditLog(settings.audit_url, Sealer(settings.home, settings.audit_url, store, settings.audit_seal_key))
+        log = AuditLog(settings.audit_url, Sealer.for_settings(settings, store))
         log.migrate()
         return log
 

@@ -40,7 +40,7 @@ MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     """The console app; `secure_cookies` when it is served over HTTPS (cookies never sent in clear)."""
     store = ObjectStore(settings)
-    log = AuditLog(settings.audit_url, Sealer(settings.home, settings.audit_url, store, settings.audit_seal_key))
+    log = AuditLog(settings.audit_url, Sealer.for_settings(settings, store))
     log.migrate()
     reviewers = Reviewers(settings.home / "reviewers.json")
     throttle = LoginThrottle()
