@@ -32,9 +32,9 @@ from ldm_batch.plan import Batch
 from ldm_batch.preflight import Plan, ScreenedRow, preflight, screen_rows
 from ldm_batch.problems import Problem, Refused
 from ldm_batch.reconcile import image_states, upload_spooled
-from ldm_batch.records import plan_records, skipped_record
+from ldm_batch.records import failed_record, plan_records, skipped_record
 from ldm_batch.reproduce import restore_object
-from ldm_batch.runs import BatchOutcome, RefusedRow, RunContext, RunSummary
+from ldm_batch.runs import BatchOutcome, ImageFailure, RefusedRow, RunContext, RunSummary
 from ldm_batch.sheets import Sheet, check_campaign_name, check_size, read_sheet, sheet_stem
 from ldm_batch.storage import check_sheet_location, read_source
 
@@ -115,21 +115,44 @@ def task_runner(settings: Settings) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=2)  # one batch generates while the one before is screened and stored
 
 
-def generate(plan: Plan, run: RunContext, settings: Settings) -> list[BatchOutcome]:
-    """Every batch of the plan, each a task run; progress as batches finish."""
+def generate(plan: Plan, run: RunContext, settings: Settings) -> tuple[list[BatchOutcome], list[ImageFailure]]:
+    """Every batch of the plan, each a task run; progress as batches finish. A batch that still
+    fails after its retries has its images recorded as failed while the others finish; a
+    failure after images were audited (S3 or the database down) fails the run instead, so
+    `ldm-batch resume` can store what the spool holds."""
     progress.report("planned", plan.to_generate)
     if not plan.batches:
-        return []
-    outcomes = []
+        return [], []
+    outcomes, failed = [], []
     dask = settings.dask_address or settings.dask_workers
     shipped, secrets = split_secrets(settings) if dask else (settings, ())  # secrets never go over the wire
     with task_runner(settings) as runner:
         futures = runner.map(generate_batch, {"batch": plan.batches, "run": unmapped(run),
                                               "settings": unmapped(shipped), "secrets": unmapped(secrets)})
+        batch_of = {future.task_run_id: batch for future, batch in zip(futures, plan.batches)}
         for future in as_completed(futures):  # progress from here: Dask workers are other processes
-            outcomes.append(future.result())
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:
+                failed.append((batch_of[future.task_run_id], exc))
+                continue
             progress.report("image", outcomes[-1].generated)
-    return outcomes
+    return outcomes, record_failures(failed, run, settings)
+
+
+def record_failures(failed: list, run: RunContext, settings: Settings) -> list[ImageFailure]:
+    parts = Parts.of(settings)
+    failures, records = [], []
+    for batch, exc in failed:
+        audited = parts.audit.image_records([job.key for job in batch.jobs])
+        if audited:  # it failed after auditing: storage or the database, not this batch
+            raise exc
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        failures += [ImageFailure(row=job.row, asset_id=job.asset_id, image_key=job.key, error=error)
+                     for job in batch.jobs]
+        records += [failed_record(run, job, error) for job in batch.jobs]
+    parts.audit.append(records)
+    return failures
 
 
 @flow(name="campaign-batch")
@@ -160,7 +183,8 @@ def campaign_batch(sheet: str, campaign: str | None = None,
             prompts_held=sum(r.verdict.decision == "review" for r in plan.refused_rows),
             refused=[RefusedRow(row=r.row.row, asset_id=r.row.asset_id, decision=r.verdict.decision,
                                 reasons=r.verdict.reasons) for r in plan.refused_rows]))
-        summary = summary.fold(generate(plan, run, settings), done=len(plan.done), restored=len(plan.restore))
+        outcomes, failures = generate(plan, run, settings)
+        summary = summary.fold(outcomes, done=len(plan.done), restored=len(plan.restore), failures=failures)
     except Refused as exc:
         parts.audit.finish_run(run.run_id, "refused", summary.ended("refused", exc.problems).model_dump(mode="json"))
         parts.audit.seal()

@@ -54,6 +54,17 @@ def plan_records(run: RunContext, plan: Plan) -> list[AuditRecord]:
     return records
 
 
+def failed_record(run: RunContext, job: ImageJob, error: str) -> AuditRecord:
+    """The record of an image whose batch failed after its retries. A "row" record, so the
+    image counts as not made: running the sheet again makes it."""
+    return AuditRecord(
+        kind="row", run_id=run.run_id, campaign=job.campaign, use=run.use, sheet=run.sheet, sheet_row=job.row,
+        asset_id=job.asset_id, decision="failed", reasons=[f"generation failed after retries: {error}"],
+        prompt=job.prompt, negative_prompt=job.negative_prompt, text_verdict=job.text_verdict, brand=job.brand,
+        model_id=job.settings.model, seed=job.seed, variant=job.variant, image_key=job.key,
+        metadata=job.metadata, created_at=now().isoformat())
+
+
 def skipped_record(run: RunContext, row: SkippedRow) -> AuditRecord:
     """The record of an invalid row left out by --skip-invalid-rows, with its problems."""
     return AuditRecord(

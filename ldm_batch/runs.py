@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ldm_batch.problems import Problem
 
-RunStatus = Literal["running", "finished", "refused", "failed"]
+RunStatus = Literal["running", "finished", "partial", "refused", "failed"]
 
 
 class RunContext(BaseModel):
@@ -44,6 +44,16 @@ class RefusedRow(BaseModel):
     reasons: list[str]
 
 
+class ImageFailure(BaseModel):
+    """An image whose batch still failed after its retries: recorded as failed, made again
+    when the sheet runs again."""
+
+    row: int
+    asset_id: str
+    image_key: str
+    error: str
+
+
 class RunSummary(BaseModel):
     """What a run did; `ldm-batch run --json` prints it (the contract's keys included)."""
 
@@ -64,6 +74,8 @@ class RunSummary(BaseModel):
     images_blocked: int = 0
     images_repaired: int = 0
     images_stored: int = 0
+    images_failed: int = 0
+    failures: list[ImageFailure] = []
     cost: float = 0.0
     currency: str | None = None
     bucket: str | None = None
@@ -72,10 +84,13 @@ class RunSummary(BaseModel):
     contact_sheet: str | None = None
     checkpoint: dict | None = None  # the signed audit checkpoint written after the run
 
-    def fold(self, outcomes: list[BatchOutcome], *, done: int, restored: int) -> RunSummary:
+    def fold(self, outcomes: list[BatchOutcome], *, done: int, restored: int,
+             failures: list[ImageFailure] = ()) -> RunSummary:
         """This summary with the batches' outcomes added; `done` images were complete before
-        the run, `restored` lost objects were put back before generation."""
+        the run, `restored` lost objects were put back before generation, `failures` are the
+        images of batches that failed."""
         return self.model_copy(update=dict(
+            images_failed=len(failures), failures=list(failures),
             images_generated=sum(o.generated for o in outcomes),
             images_reused=done + sum(o.reused for o in outcomes),
             images_delivered=sum(o.delivered for o in outcomes),
@@ -88,4 +103,7 @@ class RunSummary(BaseModel):
         ))
 
     def ended(self, status: RunStatus, errors: list[Problem] | None = None) -> RunSummary:
+        """The summary at the end; a "finished" run with failed images is "partial"."""
+        if status == "finished" and self.failures:
+            status = "partial"
         return self.model_copy(update={"status": status, "errors": errors or self.errors})

@@ -27,7 +27,8 @@ from ldm_batch.audit.tables import ChainHead, LoraUse, Record, Review, Run
 GENESIS = "0" * 64
 MIGRATIONS = Path(__file__).parent / "migrations"
 Decision = Literal["delivered", "quarantined", "blocked", "held", "skipped", "approved", "rejected",
-                   "running", "finished", "refused", "failed"]  # the last four: run records
+                   "failed",  # an image whose batch failed (a row record; the next run makes it)
+                   "running", "finished", "partial", "refused"]  # run records (and "failed")
 
 
 class AuditRecord(BaseModel):

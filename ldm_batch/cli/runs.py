@@ -101,6 +101,8 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
         emit_json(summary.model_dump_json())
     else:
         _print_summary(summary, inv.settings)
+    if summary.status == "partial":  # some images failed; they are recorded, and the next run makes them
+        raise typer.Exit(1)
 
 
 def _run_flow(sheet: str, campaign: str | None, use: str, skip_invalid_rows: bool, quiet: bool):
@@ -130,12 +132,17 @@ def _print_summary(summary, settings) -> None:
     print_data(f"{summary.run_id}, campaign {summary.campaign}")
     table = Table(show_header=False)
     for name in ("rows", "prompts_blocked", "prompts_held", "images", "images_generated", "images_reused",
-                 "images_delivered", "images_blocked", "images_stored", "cost"):
+                 "images_delivered", "images_blocked", "images_stored", "images_failed", "cost"):
         table.add_row(name, str(getattr(summary, name)))
     out.print(table)
     print_problems(summary.skipped, "skipped ")
     for refused in summary.refused:
         print_data(f"row {refused.row} ({refused.asset_id}) {refused.decision}: " + "; ".join(refused.reasons))
+    for failure in summary.failures:
+        err.print("[red]failed[/red] ", end="")
+        print_data(f"row {failure.row} ({failure.image_key}): {failure.error}", err)
+    if summary.failures:
+        print_data(f"{summary.images_failed} image(s) failed; run the sheet again to make only those", err)
     print_data(f"images: s3://{summary.bucket}/{settings.delivery_prefix} (quarantine: "
                f"{settings.quarantine_prefix}); audit log: {_safe_url(settings.audit_url)}")
 
