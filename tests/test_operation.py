@@ -104,7 +104,12 @@ def test_submitted_sheet_runs_on_the_worker_under_the_gpu_limit(stack, tmp_path)
 
     settings = settings_of(stack)
     store = ObjectStore(settings)
-    [report_key] = [k for k in store.keys("inbox/processed/") if k.endswith(".report.json")]
+    # the inbox-sweep schedule (every 5 minutes) may have claimed the sheet first: wait for its report
+    deadline = time.monotonic() + 300
+    while not (reports := [k for k in store.keys("inbox/processed/") if k.endswith(".report.json")]):
+        assert time.monotonic() < deadline, store.keys("inbox/")
+        time.sleep(2)
+    [report_key] = reports
     report = json.loads(store.get(report_key))
     assert report["images_stored"] == 8 and Inbox(store).waiting() == []
     assert len(AuditLog(settings.audit_url).query(run_id=report["run_id"], kind="image")) == 8
