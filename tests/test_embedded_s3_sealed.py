@@ -84,7 +84,7 @@ def weed_shell(base: int, command: str, cwd: Path) -> str:
     """What `weed shell` prints for one command, run from `cwd` (where it looks for security.toml)."""
     try:
         done = subprocess.run([weed_binary(), "shell", f"-master=127.0.0.1:{base + 1}", f"-filer=127.0.0.1:{base + 3}"],
-                              input=command + "\n", capture_output=True, text=True, timeout=20, cwd=cwd)
+                              input=command + "\n", capture_output=True, text=True, timeout=8, cwd=cwd)
         return done.stdout + done.stderr
     except subprocess.TimeoutExpired as exc:  # it keeps retrying a connection it is refused
         return (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
