@@ -75,16 +75,17 @@ def test_grpc_ports_refuse_a_client_without_the_homes_certificate(tmp_path):
         store.ensure_bucket()
         store.put_image("quarantine", "c/a/a-v1.png", SECRET_PNG, {})
         (tmp_path / "elsewhere").mkdir()
-        assert "a-v1.png" not in weed_shell(base, "fs.ls /buckets/sealed/quarantine/c/a", tmp_path / "elsewhere")
+        refused = weed_shell(base, "fs.ls /buckets/sealed/quarantine/c/a", tmp_path / "elsewhere", timeout=8)
+        assert "a-v1.png" not in refused
         # the home's own certificate (security.toml in its folder) is let in: the port is up
         assert "a-v1.png" in weed_shell(base, "fs.ls /buckets/sealed/quarantine/c/a", home / "seaweedfs")
 
 
-def weed_shell(base: int, command: str, cwd: Path) -> str:
+def weed_shell(base: int, command: str, cwd: Path, timeout: float = 60) -> str:
     """What `weed shell` prints for one command, run from `cwd` (where it looks for security.toml)."""
     try:
         done = subprocess.run([weed_binary(), "shell", f"-master=127.0.0.1:{base + 1}", f"-filer=127.0.0.1:{base + 3}"],
-                              input=command + "\n", capture_output=True, text=True, timeout=8, cwd=cwd)
+                              input=command + "\n", capture_output=True, text=True, timeout=timeout, cwd=cwd)
         return done.stdout + done.stderr
     except subprocess.TimeoutExpired as exc:  # it keeps retrying a connection it is refused
         return (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
