@@ -64,6 +64,11 @@ def test_the_filer_and_volume_ports_serve_nothing_without_this_homes_tokens(stor
     assert store.head("delivery/c/a/planted.png") is None
     for port in (base + 5, base + 6):  # Iceberg and Lance catalogs are not opened
         assert http("GET", f"http://127.0.0.1:{port}/")[0] == "URLError"
+    # every other HTTP port (master, admin, metrics) answers, at most, with topology: no names, no bytes
+    for offset in (1, 4, 7):
+        for path in ("/", "/dir/status", "/vol/status", f"/buckets/{bucket}/quarantine/c/a/a-v1.png", "/metrics"):
+            status, body = http("GET", f"http://127.0.0.1:{base + offset}{path}")
+            assert b"a-v1.png" not in body and SECRET_PNG[:20] not in body, (offset, path, status)
 
 
 def test_grpc_ports_refuse_a_client_without_the_homes_certificate(tmp_path):
