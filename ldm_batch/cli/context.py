@@ -85,8 +85,11 @@ class Invocation:
         self._stack = ExitStack()
         self._store_started = bool(self.settings.s3_endpoint_url)
         # the home holds keys, the audit database and Prefect's: readable by this user only
-        self.settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.settings.home, 0o700)
+        try:
+            self.settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.settings.home, 0o700)
+        except OSError as exc:
+            fail(f"LDM_BATCH_HOME {self.settings.home}: {exc.strerror}; choose a folder this user owns", 2, as_json)
 
     def __enter__(self) -> Invocation:
         return self
