@@ -77,8 +77,8 @@ def plan_run(sheet: Sheet, rows: list[ScreenedRow], run: RunContext, settings: S
 def generate_batch(batch: Batch, run: RunContext, settings: Settings, secrets: tuple[str, ...] = ()) -> BatchOutcome:
     settings = fill_secrets(settings, secrets) if secrets else settings  # on a Dask worker: its own secrets
     # The GPU's slot guards a process worker's GPU; a Dask worker owns its GPU (one thread each).
-    dask = settings.dask_address or settings.dask_workers
-    slot = partial(concurrency, settings.gpu_slot, strict=True) if settings.gpu_slot and not dask else nullcontext
+    slot = partial(concurrency, settings.gpu_slot, strict=True) if settings.gpu_slot and not settings.uses_dask \
+        else nullcontext
     return process_batch(batch, run, Parts.of(settings), device_slot=slot)
 
 
@@ -124,8 +124,7 @@ def generate(plan: Plan, run: RunContext, settings: Settings) -> tuple[list[Batc
     if not plan.batches:
         return [], []
     outcomes, failed = [], []
-    dask = settings.dask_address or settings.dask_workers
-    shipped, secrets = split_secrets(settings) if dask else (settings, ())  # secrets never go over the wire
+    shipped, secrets = split_secrets(settings) if settings.uses_dask else (settings, ())  # secrets never go over the wire
     with task_runner(settings) as runner:
         futures = runner.map(generate_batch, {"batch": plan.batches, "run": unmapped(run),
                                               "settings": unmapped(shipped), "secrets": unmapped(secrets)})

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     audit_trusted_keys: list[str] = []
 
     @property
+    def uses_dask(self) -> bool:
+        """Whether batches run on Dask workers (other processes, each owning its GPU)."""
+        return bool(self.dask_address or self.dask_workers)
+
+    @property
     def audit_url(self) -> str:
         if self.database_url:
             return self.database_url.get_secret_value()

@@ -99,7 +99,7 @@ class ImageGenerator:
 
     def _activate_loras(self, model_id: str, pipe, batch: Batch) -> dict[str, str]:
         loaded = self._adapters[model_id]
-        entries = {lora.id: lora for brand in self.policies.brands.values() for lora in brand.loras}
+        entries = self.policies.loras
         for use in batch.settings.loras:
             if use.id not in loaded:
                 entry = entries[use.id]

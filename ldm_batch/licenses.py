@@ -21,7 +21,7 @@ def allows(license: License, use: Use) -> bool:
 
 def license_problems(jobs: list[ImageJob], policies: Policies, use: Use) -> list[Problem]:
     """One problem per sheet row and refused model or LoRA."""
-    loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
+    loras = policies.loras
     problems, seen = [], set()
     for job in jobs:
         model = policies.models[job.settings.model]

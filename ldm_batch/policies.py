@@ -183,6 +183,11 @@ class Policies(Strict):
     provenance: ProvenancePolicy
     brand_training: BrandTrainingPolicy
 
+    @property
+    def loras(self) -> dict[str, LoraEntry]:
+        """Every brand's LoRAs by id."""
+        return {lora.id: lora for brand in self.brands.values() for lora in brand.loras}
+
 
 def _load_yaml(path: Path):
     try:

@@ -113,7 +113,7 @@ def refusal(sheet_name: str, jobs: list[ImageJob], policies: Policies, use: str,
 def weight_problems(jobs: list[ImageJob], policies: Policies) -> list[Problem]:
     """Every model and LoRA the jobs use is safetensors with the catalog's sha256, and each LoRA
     was trained on the job's model. Digests are cached, so loading does not hash again."""
-    loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
+    loras = policies.loras
     entries, problems = {}, []
     for job in jobs:
         entries[job.settings.model] = policies.models[job.settings.model]

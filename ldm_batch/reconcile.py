@@ -55,9 +55,8 @@ def _campaign_folder(record: AuditRecord) -> str:
 
 
 def store_image(store: ObjectStore, spool: Spool, record: AuditRecord, png: bytes) -> None:
-    """Put an audited image's bytes under its recorded placement, then drop the spooled copy."""
-    if hashlib.sha256(png).hexdigest() != record.image_sha256:
-        raise RuntimeError(f"{record.image_key}: these bytes are not the audited image; not stored")
+    """Put an audited image's bytes under its recorded placement, then drop the spooled copy.
+    Callers pass bytes they hold to the record's sha256 (just encoded, or checked on reading)."""
     store.put_image(placement_of(record), record.image_key, png, {"run-id": record.run_id})
     spool.release(record.image_key)
 

@@ -47,7 +47,7 @@ def row_record(run: RunContext, row: PromptRow, verdict: PromptVerdict,
 
 def plan_records(run: RunContext, plan: Plan) -> list[AuditRecord]:
     """Row records of a plan: rows the text screen refused, and rows a refusal names."""
-    records = [row_record(run, r.row, r.verdict) for r in plan.rows if not r.allowed]
+    records = [row_record(run, r.row, r.verdict) for r in plan.refused_rows]
     if plan.refusal is not None:
         records += [row_record(run, r.row, r.verdict, refusal=plan.refusal.rows[r.row.row])
                     for r in plan.rows if r.allowed and r.row.row in plan.refusal.rows]
@@ -79,7 +79,7 @@ def image_record(run: RunContext, batch: Batch, job: ImageJob, generated, verdic
                  bucket: str, s3_key: str | None, cost: float, provenance: dict, software: dict) -> AuditRecord:
     """The record of one generated image: how it was made, what the screens said, where it is."""
     model = policies.models[batch.settings.model]
-    loras = {lora.id: lora for brand in policies.brands.values() for lora in brand.loras}
+    loras = policies.loras
     return AuditRecord(
         kind="image", run_id=run.run_id, campaign=job.campaign, use=run.use, sheet=run.sheet, sheet_row=job.row,
         asset_id=job.asset_id, decision=DECISION_OF_PLACEMENT[placement], reasons=verdict.reasons,

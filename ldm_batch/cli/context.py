@@ -84,6 +84,7 @@ class Invocation:
             fail(f"settings: {exc}", 2, as_json)
         self._stack = ExitStack()
         self._store_started = bool(self.settings.s3_endpoint_url)
+        self._logs: dict[bool, object] = {}  # the audit log, without and with the bucket's checkpoints
         # the home holds keys, the audit database and Prefect's: readable by this user only
         try:
             self.settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -120,10 +121,13 @@ class Invocation:
         from ldm_batch.storage import ObjectStore
 
         settings = self.store() if with_store else self.settings
-        store = ObjectStore(settings) if settings.s3_endpoint_url else None
-        log = AuditLog(settings.audit_url, Sealer.for_settings(settings, store))
-        log.migrate()
-        return log
+        reaches_store = bool(settings.s3_endpoint_url)
+        if reaches_store not in self._logs:  # one engine and one migration check per command
+            store = ObjectStore(settings) if reaches_store else None
+            log = AuditLog(settings.audit_url, Sealer.for_settings(settings, store))
+            log.migrate()
+            self._logs[reaches_store] = log
+        return self._logs[reaches_store]
 
     def image_records(self, image: str) -> list[dict]:
         """All records of one image, by its image key, S3 key or sha256; exit 2 when none."""
