@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from functools import partial
 from typing import Literal
 
-from prefect import flow, task, unmapped
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -30,6 +30,7 @@ from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
 from ldm_batch.parts import Parts
 from ldm_batch.plan import Batch
 from ldm_batch.preflight import Plan, ScreenedRow, preflight, screen_rows
+from ldm_batch.provenance import unsigned_production_models
 from ldm_batch.problems import Problem, Refused
 from ldm_batch.reconcile import image_states, upload_spooled
 from ldm_batch.records import failed_record, plan_records, skipped_record
@@ -61,9 +62,9 @@ def screen_text(sheet: Sheet, settings: Settings) -> list[ScreenedRow]:
 @task(name="preflight", cache_policy=NO_CACHE)
 def plan_run(sheet: Sheet, rows: list[ScreenedRow], run: RunContext, settings: Settings) -> Plan:
     """The plan, with every row that makes no image recorded; lost objects put back. Raises the
-    refusal (licenses, weights, sizes) after recording the rows it names."""
+    refusal (licenses, weights) after recording the rows it names."""
     parts = Parts.of(settings)
-    plan = preflight(sheet.name, rows, run.campaign, run.use, parts.policies, parts.marker.size_problem,
+    plan = preflight(sheet.name, rows, run.campaign, run.use, parts.policies,
                      partial(image_states, audit=parts.audit, store=parts.store), settings.batch_size)
     parts.audit.append([skipped_record(run, row) for row in sheet.skipped] + plan_records(run, plan))
     if plan.refusal is not None:
@@ -176,7 +177,11 @@ def campaign_batch(sheet: str, campaign: str | None = None,
                          currency=parts.policies.costs.currency, bucket=settings.s3_bucket)
     try:
         plan = plan_run(parsed, rows, run, settings)
+        warnings = unsigned_production_models({job.settings.model for job in plan.jobs}, parts.policies, parts.marker)
+        for warning in warnings:
+            get_run_logger().warning(warning)
         summary = summary.model_copy(update=dict(
+            warnings=warnings,
             images=len(plan.jobs),
             prompts_blocked=sum(r.verdict.decision == "block" for r in plan.refused_rows),
             prompts_held=sum(r.verdict.decision == "review" for r in plan.refused_rows),

@@ -7,7 +7,6 @@ record, object) is the one `ldm_batch.reconcile` relies on to finish what a fail
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from collections.abc import Callable
@@ -16,7 +15,6 @@ from contextlib import AbstractContextManager, nullcontext
 from ldm_batch.cost import image_cost
 from ldm_batch.parts import Parts
 from ldm_batch.plan import Batch
-from ldm_batch.provenance import pixels_sha256
 from ldm_batch.reconcile import put_back, store_image
 from ldm_batch.records import image_record, software_versions
 from ldm_batch.runs import BatchOutcome, RunContext
@@ -43,6 +41,7 @@ def process_batch(batch: Batch, run: RunContext, parts: Parts,
         job = image.job
         placement = "delivery" if verdict.decision == "allow" else "quarantine" if verdict.keep_image else None
         png = parts.marker.encode_generated(image)
+        marks = parts.marker.marks(png, job.key)
         if (record := existing.get(job.key)) is not None:
             if record.s3_key is None or parts.store.head(record.s3_key) is not None:
                 outcome.reused += 1
@@ -52,9 +51,8 @@ def process_batch(batch: Batch, run: RunContext, parts: Parts,
             continue
         cost = image_cost(image.seconds, image.device, parts.policies.costs)
         record = image_record(
-            run, batch, job, image, verdict, placement, _sha256(png), pixels_sha256(png), policies=parts.policies,
-            bucket=parts.store.bucket, s3_key=parts.store.object_key(placement, job.key) if placement else None,
-            cost=cost, provenance=parts.marker.record(), software=software)
+            run, batch, job, image, verdict, placement, marks, policies=parts.policies, bucket=parts.store.bucket,
+            s3_key=parts.store.object_key(placement, job.key) if placement else None, cost=cost, software=software)
         new_records.append(record)
         if placement:
             parts.spool.hold(job.key, png)
@@ -82,7 +80,3 @@ def screen_or_quarantine(parts: Parts, images: list) -> list[ImageVerdict]:
         reason = f"image screen failed, held for review: {type(exc).__name__}: {exc}"
         return [ImageVerdict(decision="review", scores={}, fired=[], reasons=[reason], screen="unavailable")
                 for _ in images]
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

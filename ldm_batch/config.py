@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     c2pa_certificate: Path | None = None
     c2pa_private_key: Path | None = None
     c2pa_timestamp_url: str | None = None  # a timestamp authority; none offline
+    # Certificates (PEM) that `provenance check` trusts as C2PA signers' roots; none: a valid
+    # signature is reported as Valid, never as Trusted.
+    c2pa_trust_anchors: Path | None = None
     # The Ed25519 key that signs audit checkpoints (PKCS8 PEM); default <home>/audit-seal.key, made on first use.
     audit_seal_key: Path | None = None
     # Public keys (base64) of other homes sharing this audit database (other hosts): their

@@ -2,10 +2,10 @@
 
     screened rows -> rows the text screen refused (each an audit-ready row record)
                   -> jobs of the allowed rows
-                  -> refusals: licenses, weights (safetensors, sha256, LoRA base model), sizes
+                  -> refusals: licenses, weights (safetensors, sha256, LoRA base model)
                   -> per job: already done, lost object to restore, or to generate (batched)
 
-Plain Python: it needs the policies, the provenance marker's size rule and a way to look
+Plain Python: it needs the policies and a way to look
 up what is already audited and stored (`ldm_batch.reconcile.image_states`), so it is
 tested without Prefect, S3 or torch.
 """
@@ -20,7 +20,7 @@ from ldm_batch.catalog import verified_path
 from ldm_batch.licenses import license_problems
 from ldm_batch.plan import Batch, ImageJob, group_batches, model_prompt, plan_row
 from ldm_batch.policies import Policies
-from ldm_batch.problems import CatalogError, LicenseRefused, Problem, Refused, SheetInvalid
+from ldm_batch.problems import CatalogError, LicenseRefused, Problem, Refused
 from ldm_batch.reconcile import ImageState
 from ldm_batch.safety.text import PromptVerdict
 from ldm_batch.sheets import PromptRow
@@ -80,12 +80,12 @@ StateLookup = Callable[[list[str]], dict[str, ImageState]]
 
 
 def preflight(sheet_name: str, rows: list[ScreenedRow], campaign: str, use: str, policies: Policies,
-              size_problem: Callable[[int, int], str | None], states: StateLookup, batch_size: int) -> Plan:
-    """The plan of a run; with `plan.refusal` set when licenses, weights or sizes forbid it."""
+              states: StateLookup, batch_size: int) -> Plan:
+    """The plan of a run; with `plan.refusal` set when licenses or weights forbid it."""
     plan = Plan(rows=rows,
                 jobs=[job for r in rows if r.allowed
                       for job in plan_row(r.row, campaign, policies, r.verdict.model_dump())])
-    plan.refusal = refusal(sheet_name, plan.jobs, policies, use, size_problem)
+    plan.refusal = refusal(plan.jobs, policies, use)
     if plan.refusal is not None:
         return plan
     found = states([job.key for job in plan.jobs])
@@ -95,18 +95,13 @@ def preflight(sheet_name: str, rows: list[ScreenedRow], campaign: str, use: str,
     return plan
 
 
-def refusal(sheet_name: str, jobs: list[ImageJob], policies: Policies, use: str,
-            size_problem: Callable[[int, int], str | None]) -> Refusal | None:
+def refusal(jobs: list[ImageJob], policies: Policies, use: str) -> Refusal | None:
     """The first check that refuses the run, in the order a user fixes things: licenses
-    (the campaign's declared use), weights, then sizes the provenance marks need."""
+    (the campaign's declared use), then weights."""
     if problems := license_problems(jobs, policies, use):
         return Refusal(LicenseRefused(problems), _by_row(problems))
     if problems := weight_problems(jobs, policies):
         return Refusal(CatalogError(problems), _by_row(problems))
-    sizes = {job.row: Problem(row=job.row, column="width", message=message) for job in jobs
-             if (message := size_problem(job.settings.width, job.settings.height))}
-    if sizes:
-        return Refusal(SheetInvalid(sheet_name, list(sizes.values())), _by_row(list(sizes.values())))
     return None
 
 

@@ -20,6 +20,7 @@ from ldm_batch.sheets import PromptRow, SkippedRow
 
 if TYPE_CHECKING:
     from ldm_batch.preflight import Plan
+    from ldm_batch.provenance import ImageMarks
     from ldm_batch.safety.image import ImageVerdict
     from ldm_batch.safety.text import PromptVerdict
 
@@ -75,8 +76,8 @@ def skipped_record(run: RunContext, row: SkippedRow) -> AuditRecord:
 
 
 def image_record(run: RunContext, batch: Batch, job: ImageJob, generated, verdict: ImageVerdict,
-                 placement: str | None, png_sha256: str, pixels_sha256: str, *, policies: Policies,
-                 bucket: str, s3_key: str | None, cost: float, provenance: dict, software: dict) -> AuditRecord:
+                 placement: str | None, marks: ImageMarks, *, policies: Policies,
+                 bucket: str, s3_key: str | None, cost: float, software: dict) -> AuditRecord:
     """The record of one generated image: how it was made, what the screens said, where it is."""
     model = policies.models[batch.settings.model]
     loras = policies.loras
@@ -96,7 +97,7 @@ def image_record(run: RunContext, batch: Batch, job: ImageJob, generated, verdic
         device=generated.device, runtime=generated.runtime, software=software,
         generation_seconds=round(generated.seconds, 6), cost=cost, currency=policies.costs.currency,
         image_verdict=verdict.model_dump(), image_key=job.key, s3_bucket=bucket if placement else None,
-        s3_key=s3_key, image_sha256=png_sha256, pixels_sha256=pixels_sha256, provenance=provenance,
+        s3_key=s3_key, **marks.model_dump(),
         metadata=job.metadata, created_at=now().isoformat())
 
 

@@ -83,6 +83,7 @@ class RunSummary(BaseModel):
     workers: list[str] = []
     contact_sheet: str | None = None
     checkpoint: dict | None = None  # the signed audit checkpoint written after the run
+    warnings: list[str] = []  # what the run did that a compliance reviewer should know (unsigned images)
 
     def fold(self, outcomes: list[BatchOutcome], *, done: int, restored: int,
              failures: list[ImageFailure] = ()) -> RunSummary:

@@ -96,6 +96,18 @@ def postgres_url():
     admin.dispose()
 
 
+@pytest.fixture
+def signing(tmp_path, monkeypatch):
+    """A throwaway CA and signer, configured for C2PA signing; returns the CA's PEM."""
+    from c2pa_certs import make_signing_chain
+
+    (tmp_path / "certs").mkdir()
+    ca, chain, key = make_signing_chain(tmp_path / "certs")
+    monkeypatch.setenv("LDM_BATCH_C2PA_CERTIFICATE", str(chain))
+    monkeypatch.setenv("LDM_BATCH_C2PA_PRIVATE_KEY", str(key))
+    return ca.read_text()
+
+
 @pytest.fixture(scope="session")
 def policies():
     from ldm_batch.policies import load_policies

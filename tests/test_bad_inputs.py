@@ -79,7 +79,7 @@ POLICIES = {
     "brand_lora_traversal": ("acme.yaml", "outside the allowed weights folders"),
     "costs_a_list": ("costs.yaml", "valid dictionary"),
     "sheet_limits_wrong_type": ("sheet_limits.yaml", "max_rows"),
-    "provenance_bad_payload": ("provenance.yaml", "watermark.payload"),
+    "provenance_bad_bits": ("provenance.yaml", "watermark.bits"),
 }
 
 # weights overlay (brands/acme.yaml and its LoRA file) -> a phrase of the refusal

@@ -11,7 +11,7 @@ import sys
 from ldm_batch.audit import AuditRecord
 from ldm_batch.policies import License
 from ldm_batch.preflight import ScreenedRow, preflight
-from ldm_batch.problems import CatalogError, LicenseRefused, SheetInvalid
+from ldm_batch.problems import CatalogError, LicenseRefused
 from ldm_batch.reconcile import ImageState
 from ldm_batch.records import plan_records
 from ldm_batch.runs import BatchOutcome, RunContext, RunSummary
@@ -38,8 +38,8 @@ def nothing_stored(keys):
     return {key: ImageState(None, False) for key in keys}
 
 
-def plan_of(rows, policies, use="commercial", size_problem=lambda w, h: None, states=nothing_stored):
-    return preflight("s.csv", rows, "c", use, policies, size_problem, states, batch_size=4)
+def plan_of(rows, policies, use="commercial", states=nothing_stored):
+    return preflight("s.csv", rows, "c", use, policies, states, batch_size=4)
 
 
 def test_refused_rows_make_no_jobs_and_each_job_carries_its_rows_verdict_and_metadata(policies):
@@ -89,14 +89,6 @@ def test_a_lora_trained_on_another_model_is_refused_before_any_weights_are_hashe
     refusal = plan_of(screened(), policies).refusal
     assert isinstance(refusal.error, CatalogError)
     assert refusal.error.problems[0].row == 1 and "trained on 'sd-1.5'" in refusal.error.problems[0].message
-
-
-def test_sizes_the_provenance_marks_cannot_take_refuse_the_rows(policies):
-    too_small = lambda w, h: "needs 256x256" if min(w, h) < 256 else None  # noqa: E731
-    refusal = plan_of(screened(), policies, size_problem=too_small).refusal
-    assert isinstance(refusal.error, SheetInvalid)
-    assert [(p.row, p.column) for p in refusal.error.problems] == [(1, "width"), (3, "width")]
-    assert sorted(refusal.rows) == [1, 3]
 
 
 def test_the_summary_folds_batch_outcomes():

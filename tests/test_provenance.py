@@ -8,36 +8,23 @@ import hashlib
 import io
 import json
 import random
-import shutil
 
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from c2pa_certs import make_signing_chain
-from conftest import REPO, free_base_port
+from conftest import free_base_port
 from ldm_batch.audit import AuditLog
 from ldm_batch.cli import app
 from ldm_batch.config import Settings
 from ldm_batch.demo_kit.world import Scene, draw
-from ldm_batch.policies import ProvenancePolicy, Watermark
-from ldm_batch.provenance import GENERATION_ASSERTION, Marker, read_c2pa, read_watermark
+from ldm_batch.policies import ProvenancePolicy
+from ldm_batch.provenance import GENERATION_ASSERTION, Marker, read_c2pa, read_watermark, watermark_id
 from ldm_batch.storage import ObjectStore
 
 SHEET = ("asset_id,prompt,brand,variants,seed\n"
          "sun-1,a yellow star on a blue background,acme,2,5\n"
          "sea-1,a blue circle on a white background,globex,1,6\n")
-
-
-@pytest.fixture
-def signing(tmp_path, monkeypatch):
-    """A throwaway CA and signer, configured for C2PA signing; returns the CA's PEM."""
-    (tmp_path / "certs").mkdir()
-    ca, chain, key = make_signing_chain(tmp_path / "certs")
-    monkeypatch.setenv("LDM_BATCH_C2PA_CERTIFICATE", str(chain))
-    monkeypatch.setenv("LDM_BATCH_C2PA_PRIVATE_KEY", str(key))
-    return ca.read_text()
 
 
 def run_sheet(tmp_path, text=SHEET, campaign="prov"):
@@ -76,7 +63,7 @@ def test_signed_c2pa_manifest_in_every_stored_png(prefect_harness, settings, sig
 def test_tampered_signed_image_fails_c2pa_validation(signing):
     settings = Settings()
     marker = Marker(ProvenancePolicy(), settings)
-    png = marker.encode(draw(Scene("red", "circle", "white")), {"prompt": "a red circle", "seed": 1})
+    png = marker.encode(draw(Scene("red", "circle", "white")), {"prompt": "a red circle", "seed": 1}, "c/a/v0.png")
     image = Image.open(io.BytesIO(png))
     image.putpixel((0, 0), (0, 0, 0))
     edited = io.BytesIO()
@@ -89,32 +76,27 @@ def test_tampered_signed_image_fails_c2pa_validation(signing):
     assert report["validation_state"] == "Invalid"
 
 
-def test_invisible_watermark_survives_jpeg_and_is_refused_on_small_images(prefect_harness, settings, tmp_path):
-    marker = Marker(ProvenancePolicy(watermark=Watermark(enabled=True, payload="acme")), settings)
+def test_invisible_watermark_carries_the_image_id_and_small_images_say_metadata_only(prefect_harness, settings,
+                                                                                    tmp_path):
+    marker = Marker(ProvenancePolicy(), settings)  # the default policy: watermark on, 64-bit id
     scene = draw(Scene("red", "circle", "white"), random.Random(3), size=256)
-    png = marker.encode(scene, {"seed": 1})
+    png = marker.encode(scene, {"seed": 1}, "camp/asset-1/v0.png")
     marked = Image.open(io.BytesIO(png))
-    assert read_watermark(marked, 4) == b"acme"
-    assert read_watermark(scene, 4) != b"acme"
+    mark_id = watermark_id("camp/asset-1/v0.png", 64)
+    assert marker.marks(png, "camp/asset-1/v0.png").watermark_id == mark_id
+    assert read_watermark(marked, 64) == mark_id
+    assert read_watermark(scene, 64) != mark_id
     jpeg = io.BytesIO()
     marked.save(jpeg, format="JPEG", quality=75)
-    assert read_watermark(Image.open(jpeg), 4) == b"acme"
-    assert read_watermark(marked.resize((128, 128)).resize((256, 256)), 4) == b"acme"
+    assert read_watermark(Image.open(jpeg), 64) == mark_id
+    assert read_watermark(marked.resize((128, 128)).resize((256, 256)), 64) == mark_id
 
-    # the demo model's 32x32 images cannot carry it: the run is refused before generation
-    policies_dir = tmp_path / "policies"
-    shutil.copytree(REPO / "policies", policies_dir)
-    (policies_dir / "provenance.yaml").write_text(yaml.safe_dump({"watermark": {"enabled": True}}))
-    import os
-
-    os.environ["LDM_BATCH_POLICIES_DIR"] = str(policies_dir)
-    try:
-        result = run_sheet(tmp_path, campaign="tiny")
-    finally:
-        del os.environ["LDM_BATCH_POLICIES_DIR"]
-    assert result.exit_code == 2
-    assert "row 1, column 'width'" in result.output and "at least 256x256" in result.output
-    assert ObjectStore(settings).image_keys() == []
+    # the demo model's 32x32 images cannot carry it: they are made, and their records say so
+    result = run_sheet(tmp_path, campaign="tiny")
+    assert result.exit_code == 0, result.output
+    for record in AuditLog(settings.audit_url).query(campaign="tiny", kind="image"):
+        assert record["watermark_id"] is None and len(record["perceptual_hash"]) == 16
+        assert "carries metadata only" in record["provenance"]["watermark"]["reason"]
 
 
 def test_s3_outage_keeps_audited_images_in_the_spool_until_resume(prefect_harness, settings, signing, tmp_path,

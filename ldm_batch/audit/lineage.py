@@ -42,11 +42,16 @@ def lineage_rows(found: dict) -> list[tuple[str, str]]:
 
 
 def _provenance(marks: dict | None) -> str:
+    """The marks an image carries, as a reviewer reads them (records of every version)."""
     if not marks:
         return "parameters chunk, XMP"
     parts = ["parameters chunk", "XMP trainedAlgorithmicMedia"]
-    if marks.get("watermark"):
-        parts.append(f"invisible watermark {marks['watermark']['payload']!r}")
-    if marks.get("c2pa"):
-        parts.append(f"C2PA signed ({marks['c2pa']['certificate']})")
+    watermark = marks.get("watermark") or {}
+    if watermark.get("id"):
+        parts.append(f"invisible watermark id {watermark['id']}")
+    elif watermark.get("payload"):  # records made before watermark ids
+        parts.append(f"invisible watermark {watermark['payload']!r}")
+    elif watermark.get("reason"):
+        parts.append(f"no watermark: {watermark['reason']}")
+    parts.append(f"C2PA signed ({marks['c2pa']['certificate']})" if marks.get("c2pa") else "not C2PA-signed")
     return ", ".join(parts)

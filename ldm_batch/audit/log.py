@@ -79,6 +79,8 @@ class AuditRecord(BaseModel):
     s3_version: str | None = None
     image_sha256: str | None = None
     pixels_sha256: str | None = None  # of the decoded pixels: reproducible even when C2PA-signed
+    watermark_id: str | None = None  # the id the invisible watermark carries (images >= 256 px)
+    perceptual_hash: str | None = None  # pHash of the pixels: finds resized and re-encoded copies
     provenance: dict | None = None  # the marks in the PNG: XMP, watermark, C2PA signer
     metadata: dict = {}
     created_at: str
@@ -105,7 +107,8 @@ def now() -> datetime:
 
 # Columns copied from the payload for queries; verify checks they still agree with it.
 INDEXED = ("kind", "run_id", "campaign", "asset_id", "decision", "model_id", "seed", "cost",
-           "image_key", "image_sha256", "batch_id", "brand", "use", "prompt")
+           "image_key", "image_sha256", "batch_id", "brand", "use", "prompt",
+           "pixels_sha256", "watermark_id", "perceptual_hash")
 
 
 class AuditLog:
@@ -214,6 +217,18 @@ class AuditLog:
             key = key.removeprefix(prefix)
         return self.query(image_key=key) or self.query(image_sha256=image)
 
+    def watermark_ids(self) -> list[str]:
+        """Every watermark id an image record carries."""
+        with Session(self.engine) as session:
+            return list(session.scalars(select(Record.watermark_id).distinct()
+                                        .where(Record.kind == "image", Record.watermark_id.is_not(None))))
+
+    def perceptual_hashes(self) -> dict[str, str]:
+        """Image key -> perceptual hash, of every image record that has one."""
+        with Session(self.engine) as session:
+            return dict(session.execute(select(Record.image_key, Record.perceptual_hash)
+                                        .where(Record.kind == "image", Record.perceptual_hash.is_not(None))).all())
+
     def review_queue(self) -> list[AuditRecord]:
         """Quarantined images that no reviewer has decided on yet, oldest first."""
         with Session(self.engine) as session:
@@ -226,13 +241,15 @@ class AuditLog:
     def query(self, *, run_id: str | None = None, campaign: str | None = None, asset_id: str | None = None,
               decision: str | None = None, model_id: str | None = None, kind: str | None = None,
               brand: str | None = None, license: str | None = None, batch_id: str | None = None,
-              image_key: str | None = None, image_sha256: str | None = None, since: datetime | None = None,
+              image_key: str | None = None, image_sha256: str | None = None, pixels_sha256: str | None = None,
+              watermark_id: str | None = None, since: datetime | None = None,
               until: datetime | None = None, text: str | None = None, reviewer: str | None = None,
               lora: str | None = None, limit: int | None = None) -> list[dict]:
         """Records matching every filter given, oldest first; `text` searches prompts."""
         filters = {"run_id": run_id, "campaign": campaign, "asset_id": asset_id, "decision": decision,
                    "model_id": model_id, "kind": kind, "brand": brand,
-                   "batch_id": batch_id, "image_key": image_key, "image_sha256": image_sha256}
+                   "batch_id": batch_id, "image_key": image_key, "image_sha256": image_sha256,
+                   "pixels_sha256": pixels_sha256, "watermark_id": watermark_id}
         statement = select(Record).order_by(Record.seq)
         if kind is None:  # run records are read through runs(); the rest of the log by default
             statement = statement.where(Record.kind != "run")

@@ -9,6 +9,7 @@ Commands import what they need when they run, so `validate`, `screen text`, `aud
     screens.py  screen text|image, eval text-safety|image-safety
     audit.py    audit query|explain|reproduce|verify, review list|show|approve|reject
     operate.py  serve, console, reviewer add, store export, brand train
+    provenance.py  provenance check FILE...: is a copy ours, and which record is it
     context.py  settings once per command, the embedded store started once, errors and exit codes
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from ldm_batch.cli import audit, operate, runs, screens
+from ldm_batch.cli import audit, operate, provenance, runs, screens
 
 app = typer.Typer(help="Batch image generation with safety screens, S3 storage and an audit log.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -29,5 +30,6 @@ app.add_typer(screens.eval_app, name="eval")
 app.add_typer(audit.review_app, name="review")
 app.add_typer(operate.reviewer_app, name="reviewer")
 app.add_typer(operate.brand_app, name="brand")
+app.add_typer(provenance.provenance_app, name="provenance")
 
 __all__ = ["app"]

@@ -143,6 +143,9 @@ def _print_summary(summary, settings) -> None:
         print_data(f"row {failure.row} ({failure.image_key}): {failure.error}", err)
     if summary.failures:
         print_data(f"{summary.images_failed} image(s) failed; run the sheet again to make only those", err)
+    for warning in summary.warnings:
+        err.print("[yellow]warning[/yellow] ", end="")
+        print_data(warning, err)
     print_data(f"images: s3://{summary.bucket}/{settings.delivery_prefix} (quarantine: "
                f"{settings.quarantine_prefix}); audit log: {_safe_url(settings.audit_url)}")
 
