@@ -39,8 +39,10 @@ MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 PERCEPTUAL_MATCH = 8
 PERCEPTUAL_CLOSE = 4
 WATERMARK_AGREES = 16  # a watermark match whose picture is this close is the same image
-# Widths a watermark is also read at: a resized copy is scaled back to the sizes images are made at.
+# Widths a watermark is also read at: a resized copy is scaled back to the sizes images are made
+# at, from a copy shrunk to 40% to one enlarged by half.
 GENERATED_WIDTHS = (256, 512, 768, 1024, 1536, 2048)
+RESIZED_BY = (0.4, 1.5)
 
 
 class C2paLayer(BaseModel):
@@ -142,7 +144,8 @@ def _watermark_match(log: AuditLog, image: Image.Image, phash: str,
     if not known:
         return None
     width, height = image.size
-    sizes = [(width, height)] + [(w, round(height * w / width)) for w in GENERATED_WIDTHS if w != width]
+    sizes = [(width, height)] + [(w, round(height * w / width)) for w in GENERATED_WIDTHS
+                                 if w != width and RESIZED_BY[0] <= width / w <= RESIZED_BY[1]]
     for size in sizes:
         if min(size) < WATERMARK_MIN_SIZE:
             continue

@@ -166,3 +166,40 @@ def test_image_links_expire(console):
     with pytest.raises(urllib.error.HTTPError) as expired:
         urllib.request.urlopen(url)
     assert expired.value.code == 403
+
+
+def test_check_a_file_page_gives_the_commands_answer(console, tmp_path):
+    """A reviewer uploads a re-encoded copy of a delivered image and gets its record; the
+    image page shows the stored object's provenance; uploads need the CSRF token."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from ldm_batch.cli import app
+
+    settings = Settings()
+    (delivered,) = [r for r in AuditLog(settings.audit_url).query(kind="image") if r["decision"] == "delivered"]
+    copy = io.BytesIO()
+    Image.open(io.BytesIO(ObjectStore(settings).get(delivered["s3_key"]))).convert("RGB").resize((64, 64)).save(
+        copy, format="JPEG", quality=85)
+    (tmp_path / "copy.jpg").write_bytes(copy.getvalue())
+    command = CliRunner().invoke(app, ["provenance", "check", str(tmp_path / "copy.jpg")])
+    assert command.exit_code == 0, command.output
+    with httpx.Client(base_url=console) as client:
+        assert client.get("/provenance").status_code == 303  # signed-in reviewers only
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)[1]
+        client.post("/login", data={"name": "alice", "password": PASSWORD, "csrf": token})
+        form = client.get("/provenance")
+        assert 'type="file"' in form.text and '<label for="file">' in form.text
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text)[1]  # a new session's token
+        files = {"file": ("copy.jpg", copy.getvalue(), "image/jpeg")}
+        assert client.post("/provenance", data={"csrf": "forged"}, files=files).status_code == 403
+        answer = client.post("/provenance", data={"csrf": token}, files=files)
+        assert answer.status_code == 200
+        verdict = f"ours: poster/{delivered['asset_id']}, delivered, found by perceptual"
+        assert verdict in answer.text and verdict in " ".join(command.output.split())
+        assert f"#{delivered['seq']} {delivered['image_key']}" in answer.text
+        refused = client.post("/provenance", data={"csrf": token}, files={"file": ("x.txt", b"text", "text/plain")})
+        assert refused.status_code == 400 and "PNG, JPEG and WebP" in refused.text
+        image_page = client.get("/image", params={"key": delivered["image_key"]})
+        assert "Provenance of the stored object" in image_page.text and "found by sha256" in image_page.text
+        assert "carries metadata only" in image_page.text  # 32x32: no watermark, and the page says so

@@ -16,7 +16,7 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
@@ -28,6 +28,9 @@ from ldm_batch.audit.lineage import lineage, lineage_rows
 from ldm_batch.config import Settings
 from ldm_batch.console.reviewers import Reviewers
 from ldm_batch.console.throttle import LoginThrottle
+from ldm_batch.policies import load_policies
+from ldm_batch.problems import Refused
+from ldm_batch.provenance_check import check_file
 from ldm_batch.review import ReviewError, decide
 from ldm_batch.storage import ObjectStore
 
@@ -35,6 +38,7 @@ TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 FILTERS = ("campaign", "brand", "model", "license", "commercial", "decision", "since", "until", "text")
 LINK_SECONDS = 300
 MEDIA_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+MAX_UPLOAD = 32 * 2**20  # a file to check; larger ones go through the CLI
 
 
 def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
@@ -44,6 +48,8 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     log.migrate()
     reviewers = Reviewers(settings.home / "reviewers.json")
     throttle = LoginThrottle()
+    watermark = load_policies(settings.policies_dir).provenance.watermark
+    anchors = settings.c2pa_trust_anchors.read_text() if settings.c2pa_trust_anchors else None
     app = FastAPI(title="ldm-batch console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SessionMiddleware, secret_key=_session_key(settings.home), same_site="strict",
                        max_age=8 * 3600, https_only=secure_cookies)
@@ -120,8 +126,30 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
             raise HTTPException(404, f"no image {key!r} in the audit log")
         found = lineage(log, records)
         latest = records[-1]
+        stored = None  # the stored object checked as `provenance check` would check a copy
+        if latest["s3_key"]:
+            stored = check_file(store.get(latest["s3_key"]), latest["s3_key"], log, watermark, anchors)
         return page(request, "image.html", key=key, rows=lineage_rows(found), url=link(latest["s3_key"]),
-                    pending=latest["decision"] == "quarantined")
+                    pending=latest["decision"] == "quarantined", stored=stored)
+
+    @app.get("/provenance", response_class=HTMLResponse)
+    def provenance_form(request: Request):
+        signed_in(request)
+        return page(request, "provenance.html", result=None, error=None)
+
+    @app.post("/provenance", response_class=HTMLResponse)
+    async def provenance(request: Request, file: UploadFile, csrf: str = Form("")):
+        signed_in(request)
+        _check_csrf(request, csrf)
+        data = await file.read(MAX_UPLOAD + 1)
+        if len(data) > MAX_UPLOAD:
+            return page(request, "provenance.html", 413, result=None,
+                        error=f"the file is over {MAX_UPLOAD // 2**20} MiB; check it with ldm-batch provenance check")
+        try:
+            result = check_file(data, file.filename or "upload", log, watermark, anchors)
+        except Refused as exc:
+            return page(request, "provenance.html", 400, result=None, error="; ".join(p.message for p in exc.problems))
+        return page(request, "provenance.html", result=result, error=None)
 
     @app.get("/review", response_class=HTMLResponse)
     def review_queue(request: Request, error: str | None = None):
