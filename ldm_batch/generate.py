@@ -8,10 +8,14 @@ same composition reproduces every image byte for byte.
 
 from __future__ import annotations
 
+import inspect
+import json
+
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -83,15 +87,15 @@ class ImageGenerator:
 
             entry = self.policies.models[model_id]
             path, sha = verified_path(entry.source, entry.revision, entry.sha256)
-            # the checkpoint's model_index.json picks the pipeline class (SD 1.x/2.x, SDXL, ...)
+            # the checkpoint's model_index.json picks the pipeline class (SD 1.x/2.x, SDXL, SD3, ...)
             with LOADING:
-                pipe = AutoPipelineForText2Image.from_pretrained(
-                    path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
-                    requires_safety_checker=False)
+                pipe = AutoPipelineForText2Image.from_pretrained(path, dtype=self.dtype, use_safetensors=True,
+                                                                 **absent_components(path))
             pipe.set_progress_bar_config(disable=True)
             pipe = pipe.to(self.device)
             if self.compile_unet:
-                pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+                name = denoiser_name(pipe)
+                setattr(pipe, name, torch.compile(getattr(pipe, name), fullgraph=True))
             self._pipelines[model_id] = (pipe, sha)
             self._adapters[model_id] = {}
             self.loads[f"model:{model_id}"] += 1
@@ -134,12 +138,7 @@ class ImageGenerator:
             try:
                 runtime = self.runtime(pipe)
                 started = time.perf_counter()
-                images = pipe(
-                    prompt=[job.prompt for job in batch.jobs],
-                    negative_prompt=[job.negative_prompt for job in batch.jobs],
-                    width=s.width, height=s.height, num_inference_steps=s.steps,
-                    guidance_scale=s.guidance, generator=generators, output_type="pil",
-                ).images
+                images = pipe(**call_arguments(pipe, batch), generator=generators, output_type="pil").images
                 seconds = time.perf_counter() - started
             finally:
                 torch.set_num_threads(threads)
@@ -150,6 +149,36 @@ class ImageGenerator:
                 for i, (job, image) in enumerate(zip(batch.jobs, images))]
 
     def runtime(self, pipe) -> dict:
-        processors = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
+        processors = sorted({type(p).__name__ for p in getattr(pipe, denoiser_name(pipe)).attn_processors.values()})
         return {"dtype": str(self.dtype).removeprefix("torch."), "attention": processors,
                 "compiled": self.compile_unet, "cpu_threads": torch.get_num_threads()}
+
+
+def absent_components(path: Path) -> dict:
+    """Components a pipeline loads as None: those its checkpoint was saved without (an SD3
+    pipeline without its T5 encoder), and SD's own NSFW checker, which the image screen replaces."""
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    absent = {name: None for name, value in index.items() if value == [None, None]}
+    if "safety_checker" in index:
+        absent |= {"safety_checker": None, "requires_safety_checker": False}
+    return absent
+
+
+def denoiser_name(pipe) -> str:
+    """The pipeline's denoising network: `unet` (SD 1.x/2.x, SDXL) or `transformer` (SD3, Flux,
+    PixArt, Sana)."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
+def call_arguments(pipe, batch: Batch) -> dict:
+    """The pipeline call's arguments for a batch: those its family takes (a pipeline without a
+    negative prompt, such as Flux's, is not given one; a row that asks for one is refused
+    before generation)."""
+    s = batch.settings
+    arguments = {"prompt": [job.prompt for job in batch.jobs],
+                 "negative_prompt": [job.negative_prompt for job in batch.jobs],
+                 "width": s.width, "height": s.height, "num_inference_steps": s.steps, "guidance_scale": s.guidance}
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    if "negative_prompt" not in accepted and any(job.negative_prompt for job in batch.jobs):
+        raise ValueError(f"{type(pipe).__name__} takes no negative prompt; leave the negative_prompt column empty")
+    return {name: value for name, value in arguments.items() if name in accepted}

@@ -8,13 +8,15 @@ for its audit record, most certain first:
     the pixels' sha256          -> the same pixels, metadata changed or stripped     certain
     the watermark's id          -> a resized or re-encoded copy (images >= 256 px)   high, when
                                    the perceptual hash agrees; medium otherwise
-    the perceptual hash alone   -> a copy whose watermark did not survive, or a      medium or low,
+    the perceptual hash alone   -> a copy whose watermark did not survive, or a      low: a look-alike,
                                    small image that never carried one               and only when
                                                                                     one record fits
 
-A match is a lead to the audit record, not a verdict on the file: the C2PA layer (a
-signature over the bytes) is the proof that survives only untouched copies. No match
-means "not found in this audit log", never "certainly not made here".
+A perceptual match says only that the copy looks like one of our images: an image made
+elsewhere (or by the same model from another seed) can look the same, so it is reported as
+a look-alike for a person to compare, never as confirmed. The C2PA layer (a signature over
+the bytes) is the proof, and survives only untouched copies. No match means "not found in
+this audit log", never "certainly not made here".
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # pHash distances (of 64 bits): a resized, re-encoded copy of an image stays within a few bits
 # (bench/provenance.py measures it); a different picture is rarely this close.
 PERCEPTUAL_MATCH = 8
-PERCEPTUAL_CLOSE = 4
 WATERMARK_AGREES = 16  # a watermark match whose picture is this close is the same image
 # Widths a watermark is also read at: a resized copy is scaled back to the sizes images are made
 # at, from a copy shrunk to 40% to one enlarged by half.
@@ -129,7 +130,7 @@ def _find(log: AuditLog, image: Image.Image, sha256: str, phash: str,
         distance, key = near[0]
         record = log.query(kind="image", image_key=key)[0]
         detail = f"perceptual hash {distance} of 64 bits apart; no watermark or metadata left to confirm it"
-        return _match(log, record, "perceptual", "medium" if distance <= PERCEPTUAL_CLOSE else "low", detail), [], None
+        return _match(log, record, "perceptual", "low", detail), [], None
     return None, [key for _, key in near], None
 
 
@@ -186,6 +187,9 @@ def _verdict(match: Match | None, candidates: list[str], c2pa: C2paLayer, xmp: s
         signed = f"C2PA {c2pa.state}" + (f" ({c2pa.signer})" if c2pa.signer else "")
     else:
         signed = "no C2PA manifest"
+    if match is not None and match.method == "perceptual":
+        return (f"looks like ours: {match.campaign}/{match.asset_id}, {match.decision}; no mark survived to "
+                f"confirm it (perceptual hash only); {signed}")
     if match is not None:
         return (f"ours: {match.campaign}/{match.asset_id}, {match.decision}, found by {match.method} "
                 f"({match.confidence} confidence); {signed}")

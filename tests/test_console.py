@@ -195,7 +195,7 @@ def test_check_a_file_page_gives_the_commands_answer(console, tmp_path):
         assert client.post("/provenance", data={"csrf": "forged"}, files=files).status_code == 403
         answer = client.post("/provenance", data={"csrf": token}, files=files)
         assert answer.status_code == 200
-        verdict = f"ours: poster/{delivered['asset_id']}, delivered, found by perceptual"
+        verdict = f"looks like ours: poster/{delivered['asset_id']}, delivered; no mark survived"
         assert verdict in answer.text and verdict in " ".join(command.output.split())
         assert f"#{delivered['seq']} {delivered['image_key']}" in answer.text
         refused = client.post("/provenance", data={"csrf": token}, files={"file": ("x.txt", b"text", "text/plain")})

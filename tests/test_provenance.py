@@ -146,3 +146,23 @@ def test_s3_outage_keeps_audited_images_in_the_spool_until_resume(prefect_harnes
         assert not list(spool.rglob("*.png"))
         verified = CliRunner().invoke(app, ["audit", "verify", "--objects", "--json"])
         assert verified.exit_code == 0, verified.output
+
+
+def test_production_models_without_a_signing_key_are_warned_about(policies, tmp_path, monkeypatch):
+    from conftest import REPO
+    from ldm_batch.config import load_settings
+    from ldm_batch.provenance import unsigned_production_models
+
+    monkeypatch.delenv("LDM_BATCH_C2PA_CERTIFICATE", raising=False)
+    unsigned = Marker(policies.provenance, Settings())
+    (warning,) = unsigned_production_models({"sd-1.5", "demo-tiny-sd"}, policies, unsigned)
+    assert "'sd-1.5' runs without a C2PA signing key" in warning and "LDM_BATCH_C2PA_CERTIFICATE" in warning
+    assert unsigned_production_models({"demo-tiny-sd"}, policies, unsigned) == []  # the demo kit's own model
+    production = load_settings(REPO / "examples" / "production.yaml")
+    assert production.c2pa_certificate and production.c2pa_private_key and production.c2pa_trust_anchors
+
+
+def test_signing_with_a_key_leaves_nothing_to_warn_about(policies, signing):
+    from ldm_batch.provenance import unsigned_production_models
+
+    assert unsigned_production_models({"sd-1.5"}, policies, Marker(policies.provenance, Settings())) == []

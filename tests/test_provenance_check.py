@@ -111,10 +111,12 @@ def test_copies_of_delivered_images_lead_back_to_their_records(prefect_harness, 
     assert twin["watermark_id"] != poster["watermark_id"]  # the variant is told apart by its own mark
     half = found["half.jpg"]["match"]
     assert half is not None and half["image_key"] == poster["image_key"], found["half.jpg"]["verdict"]
-    assert half["method"] == "perceptual" and half["confidence"] in ("medium", "low")
+    assert half["method"] == "perceptual" and half["confidence"] == "low"
 
     small = found["tile-resized.jpg"]["match"]
-    assert small is not None and small["image_key"] == tile["image_key"] and small["method"] == "perceptual"
+    assert small is not None and small["image_key"] == tile["image_key"]
+    assert (small["method"], small["confidence"]) == ("perceptual", "low")  # a look-alike, not confirmed
+    assert found["tile-resized.jpg"]["verdict"].startswith("looks like ours: prov/tile")
 
     assert found["foreign.png"]["match"] is None and found["foreign.png"]["candidates"] == []
     assert found["foreign.png"]["verdict"].startswith("not found in this audit log")
