@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import threading
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def _check_safetensors(path: Path) -> None:
         raise CatalogError(f"{path}: not a valid safetensors file ({exc}); only safetensors weights are loaded") from None
 
 
+PINNED_REVISION = re.compile(r"[0-9a-f]{40}")
+
+
 def resolve(source: str, revision: str | None) -> Path:
     """Local path of a source: builtin:NAME (the committed demo kit), package:PKG/dir, a path,
     or a hub id."""
@@ -87,6 +91,9 @@ def resolve(source: str, revision: str | None) -> Path:
         return local
     if local.exists():
         return local
+    if not PINNED_REVISION.fullmatch(revision or ""):
+        raise CatalogError(f"{source}: a hub id must be pinned to a commit (revision: 40 hex digits) in the "
+                           f"catalog; revision {revision!r} can change under it between runs")
     from huggingface_hub import snapshot_download
 
     # Honours HF_HUB_OFFLINE; only safetensors weights and configs are fetched.

@@ -138,7 +138,8 @@ class ImageGenerator:
             try:
                 runtime = self.runtime(pipe)
                 started = time.perf_counter()
-                images = pipe(**call_arguments(pipe, batch), generator=generators, output_type="pil").images
+                arguments = call_arguments(pipe, batch, self.policies.models[s.model].call_options)
+                images = pipe(**arguments, generator=generators, output_type="pil").images
                 seconds = time.perf_counter() - started
             finally:
                 torch.set_num_threads(threads)
@@ -170,10 +171,10 @@ def denoiser_name(pipe) -> str:
     return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
-def call_arguments(pipe, batch: Batch) -> dict:
-    """The pipeline call's arguments for a batch: those its family takes (a pipeline without a
-    negative prompt, such as Flux's, is not given one; a row that asks for one is refused
-    before generation)."""
+def call_arguments(pipe, batch: Batch, options: dict) -> dict:
+    """The pipeline call's arguments for a batch: those its family takes, and the catalog
+    entry's `call_options`. A negative prompt goes only to a pipeline that takes one; a row that
+    asks for one from a pipeline that does not is an error, as is an option the pipeline lacks."""
     s = batch.settings
     arguments = {"prompt": [job.prompt for job in batch.jobs],
                  "negative_prompt": [job.negative_prompt for job in batch.jobs],
@@ -181,4 +182,6 @@ def call_arguments(pipe, batch: Batch) -> dict:
     accepted = inspect.signature(type(pipe).__call__).parameters
     if "negative_prompt" not in accepted and any(job.negative_prompt for job in batch.jobs):
         raise ValueError(f"{type(pipe).__name__} takes no negative prompt; leave the negative_prompt column empty")
-    return {name: value for name, value in arguments.items() if name in accepted}
+    if unknown := sorted(set(options) - set(accepted)):
+        raise ValueError(f"{type(pipe).__name__} takes no {', '.join(unknown)}; fix call_options in models.yaml")
+    return {name: value for name, value in arguments.items() if name in accepted} | options

@@ -141,6 +141,9 @@ class ModelEntry(Strict):
     sha256: str | None = Field(None, description="digest of the safetensors files (see catalog.weights_sha256)")
     license: License
     defaults: GenerationDefaults = GenerationDefaults()
+    # Arguments the family's pipeline call takes beyond prompt, size, steps and guidance, e.g.
+    # {max_sequence_length: 256} for Flux or {use_resolution_binning: false} for PixArt.
+    call_options: dict[str, bool | int | float | str] = {}
 
 
 class LoraEntry(Strict):

@@ -1,8 +1,10 @@
 """Provenance: PNG bytes that say how they were made, in two layers (EU AI Act Article 50(2)).
 
-Metadata layer, always: a "parameters" text chunk (prompt, seed, model, settings) and an XMP
-packet marking the image as made by a trained algorithm (IPTC DigitalSourceType); when a
-signing certificate and key are configured, a C2PA manifest signed with c2pa-python.
+Metadata layer, always: a "parameters" text chunk in the AUTOMATIC1111 text format (which
+A1111, InvokeAI and Civitai read), the full generation record as JSON in an "ldm-batch"
+chunk, and an XMP packet marking the image as made by a trained algorithm (IPTC
+DigitalSourceType); when a signing certificate and key are configured, a C2PA manifest signed
+with c2pa-python.
 
 Pixel layer, by policy (policies/provenance.yaml, on by default): an invisible watermark
 (invisible-watermark, dwtDctSvd) carrying the image's watermark id, a digest of its image
@@ -45,6 +47,12 @@ WATERMARK_METHOD = "dwtDctSvd"
 # a 50% resize with JPEG q85; 60 loses under 2% at about 36 dB PSNR (bench/provenance.py).
 WATERMARK_SCALES = [0, 60, 0]
 GENERATION_ASSERTION = "org.ldm-batch.generation"
+RECORD_CHUNK = "ldm-batch"  # the PNG text chunk holding the generation parameters as JSON
+# diffusers scheduler -> the sampler name A1111 writes (others are written by class name)
+A1111_SAMPLERS = {"DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS",
+                  "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a",
+                  "DPMSolverMultistepScheduler": "DPM++ 2M", "HeunDiscreteScheduler": "Heun",
+                  "FlowMatchEulerDiscreteScheduler": "Euler"}
 
 
 class ProvenanceError(Exception):
@@ -107,14 +115,16 @@ class Marker:
         """The PNG stored for a generated image, marked with how it was made."""
         job = generated.job
         parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
-                      "model_sha256": generated.model_sha256, **job.settings.model_dump(mode="json")}
+                      "model_sha256": generated.model_sha256, "scheduler": generated.scheduler,
+                      "lora_sha256": generated.lora_sha256, **job.settings.model_dump(mode="json")}
         return self.encode(generated.image, parameters, job.key)
 
     def encode(self, image: Image.Image, parameters: dict, image_key: str) -> bytes:
         if mark_id := self.watermark_id(image_key, *image.size):
             image = embed_watermark(image, mark_id)
         info = PngInfo()
-        info.add_text("parameters", json.dumps(parameters, sort_keys=True))
+        info.add_text("parameters", a1111_parameters(parameters))
+        info.add_text(RECORD_CHUNK, json.dumps(parameters, sort_keys=True))
         info.add_itxt("XML:com.adobe.xmp", XMP)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)
@@ -136,6 +146,28 @@ class Marker:
         signed = io.BytesIO()
         c2pa.Builder(manifest, context=self._context).sign(self.signer, "image/png", io.BytesIO(png), signed)
         return signed.getvalue()
+
+
+def a1111_parameters(parameters: dict) -> str:
+    """The generation parameters in AUTOMATIC1111's text format: prompt, "Negative prompt:", and
+    one line of settings; hashes are the first 10 hex digits of the sha256 (A1111's AutoV2).
+    Prompts are put on one line each, so no prompt can pose as the settings line."""
+    def one_line(text: str) -> str:
+        return " ".join(str(text).split())
+
+    settings = {"Steps": parameters.get("steps"),
+                "Sampler": A1111_SAMPLERS.get(parameters.get("scheduler"), parameters.get("scheduler")),
+                "CFG scale": parameters.get("guidance"), "Seed": parameters.get("seed"),
+                "Size": f"{parameters['width']}x{parameters['height']}" if "width" in parameters else None,
+                "Model hash": (parameters.get("model_sha256") or "")[:10] or None, "Model": parameters.get("model"),
+                "Lora hashes": '"' + ", ".join(f"{name}: {sha[:10]}" for name, sha in lora.items()) + '"'
+                if (lora := parameters.get("lora_sha256")) else None,
+                "Version": f"ldm-batch {version('ldm-batch')}"}
+    lines = [one_line(parameters.get("prompt", ""))]
+    if parameters.get("negative_prompt"):
+        lines.append(f"Negative prompt: {one_line(parameters['negative_prompt'])}")
+    lines.append(", ".join(f"{name}: {value}" for name, value in settings.items() if value is not None))
+    return "\n".join(lines)
 
 
 def unsigned_production_models(model_ids: set[str], policies: Policies, marker: Marker) -> list[str]:

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from sd_parsers import ParserManager
 from typer.testing import CliRunner
 
 from conftest import REPO
@@ -71,9 +72,15 @@ def test_every_delivered_png_carries_its_provenance(campaign_run, settings):
     store = ObjectStore(settings)
     for record in AuditLog(settings.audit_url).query(run_id=campaign_run.run_id, kind="image"):
         image = Image.open(io.BytesIO(store.get(record["s3_key"])))
-        parameters = json.loads(image.info["parameters"])
+        parameters = json.loads(image.info["ldm-batch"])
         assert (parameters["prompt"], parameters["seed"]) == (record["prompt"], record["seed"])
         assert parameters["model_sha256"] == record["model_sha256"]
+        # the "parameters" chunk in AUTOMATIC1111's format, read by a parser no one here wrote
+        (sampler,) = ParserManager().parse(image).samplers
+        assert [p.value for p in sampler.prompts] == [record["prompt"]]
+        assert sampler.parameters["seed"] == str(record["seed"]) and sampler.parameters["steps"] == str(record["steps"])
+        assert (sampler.name, sampler.model.name, sampler.model.hash) == (
+            "DDIM", record["model_id"], record["model_sha256"][:10])
         assert "trainedAlgorithmicMedia" in image.info["XML:com.adobe.xmp"]
 
 

@@ -49,7 +49,7 @@ def test_signed_c2pa_manifest_in_every_stored_png(prefect_harness, settings, sig
         assert action["digitalSourceType"].endswith("/trainedAlgorithmicMedia")
         generation = next(a for a in manifest["assertions"] if a["label"] == GENERATION_ASSERTION)["data"]
         assert (generation["prompt"], generation["seed"]) == (record["prompt"], record["seed"])
-        assert json.loads(Image.open(io.BytesIO(png)).info["parameters"])["seed"] == record["seed"]
+        assert json.loads(Image.open(io.BytesIO(png)).info["ldm-batch"])["seed"] == record["seed"]
         assert record["provenance"]["c2pa"]["signed"] is True
     assert read_c2pa(store.get(records[0]["s3_key"]))["validation_state"] != "Trusted"  # unknown CA
 
