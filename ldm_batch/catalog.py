@@ -33,9 +33,21 @@ def weights_sha256(path: Path) -> str:
         return _file_sha256(path)
     if not any(path.rglob("*.safetensors")):
         raise CatalogError(f"{path}: no .safetensors weights found (pickle formats are not loaded)")
+    return folder_sha256(file_digests(path))
+
+
+def file_digests(path: Path) -> dict[str, str]:
+    """The sha256 of every file a loader reads (weights, configs, tokenizers), by its path in
+    the folder; a single file by its name. What `models.lock.json` keeps per model."""
+    if path.is_file():
+        return {path.name: _file_sha256(path)}
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in PINNED_SUFFIXES)
-    lines = "".join(f"{p.relative_to(path).as_posix()} {_file_sha256(p)}\n" for p in files)
-    return hashlib.sha256(lines.encode()).hexdigest()
+    return {p.relative_to(path).as_posix(): _file_sha256(p) for p in files}
+
+
+def folder_sha256(files: dict[str, str]) -> str:
+    """The catalog's sha256 of a folder, from its files' digests (in `file_digests` order)."""
+    return hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in files.items()).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:

@@ -10,6 +10,7 @@ Commands import what they need when they run, so `validate`, `screen text`, `aud
     audit.py    audit query|explain|reproduce|verify, review list|show|approve|reject
     operate.py  serve, console, reviewer add, store export, brand train
     provenance.py  provenance check FILE...: is a copy ours, and which record is it
+    models.py   models list|add|verify|pull: the catalog and its lock file
     context.py  settings once per command, the embedded store started once, errors and exit codes
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import typer
 
-from ldm_batch.cli import audit, operate, provenance, runs, screens
+from ldm_batch.cli import audit, models, operate, provenance, runs, screens
 
 app = typer.Typer(help="Batch image generation with safety screens, S3 storage and an audit log.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -31,5 +32,6 @@ app.add_typer(audit.review_app, name="review")
 app.add_typer(operate.reviewer_app, name="reviewer")
 app.add_typer(operate.brand_app, name="brand")
 app.add_typer(provenance.provenance_app, name="provenance")
+app.add_typer(models.models_app, name="models")
 
 __all__ = ["app"]

@@ -1,0 +1,93 @@
+"""The catalog's lock file (`models.lock.json` next to models.yaml): every file of every pinned
+model, with its sha256, as `ldm-batch models add` or `models pull` found it.
+
+A folder's catalog sha256 is the digest of exactly this file list (`catalog.folder_sha256`),
+so a run, which checks the catalog's sha256 before loading, refuses the same weights that
+`models verify` reports, and `models verify` says which file changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ldm_batch.catalog import PINNED_REVISION, file_digests, folder_sha256, resolve
+from ldm_batch.policies import LOCAL_PREFIXES, ModelEntry
+from ldm_batch.problems import CatalogError
+
+LOCK_NAME = "models.lock.json"
+
+
+class LockedModel(BaseModel):
+    source: str
+    revision: str | None
+    sha256: str
+    files: dict[str, str]
+
+
+def read_lock(policies_dir: Path) -> dict[str, LockedModel]:
+    path = policies_dir / LOCK_NAME
+    if not path.exists():
+        return {}
+    return {model_id: LockedModel.model_validate(entry)
+            for model_id, entry in json.loads(path.read_text(encoding="utf-8"))["models"].items()}
+
+
+def write_lock(policies_dir: Path, lock: dict[str, LockedModel]) -> None:
+    data = {"models": {model_id: lock[model_id].model_dump() for model_id in sorted(lock)}}
+    (policies_dir / LOCK_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def locked(entry: ModelEntry, path: Path, source: str) -> LockedModel:
+    """The lock entry of weights at `path` (every file and the digest the catalog pins)."""
+    files = file_digests(path)
+    sha256 = next(iter(files.values())) if path.is_file() else folder_sha256(files)
+    return LockedModel(source=source, revision=entry.revision, sha256=sha256, files=files)
+
+
+def local_weights(entry: ModelEntry) -> Path | None:
+    """Where the entry's weights are on this machine, without downloading; None when they are not."""
+    try:
+        if entry.source.startswith(("builtin:", "package:")) or entry.source.startswith(LOCAL_PREFIXES):
+            return resolve(entry.source, entry.revision)
+        if not PINNED_REVISION.fullmatch(entry.revision or ""):
+            return None
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(entry.source, revision=entry.revision, local_files_only=True))
+    except Exception:  # not in the cache, not installed, or missing
+        return None
+
+
+def differences(entry: ModelEntry, path: Path, lock: LockedModel | None) -> list[str]:
+    """How the weights at `path` differ from the lock and from the catalog's sha256."""
+    files = file_digests(path)
+    problems = []
+    if lock is not None:
+        problems += [f"{name}: changed" for name in sorted(files.keys() & lock.files.keys())
+                     if files[name] != lock.files[name]]
+        problems += [f"{name}: missing" for name in sorted(lock.files.keys() - files.keys())]
+        problems += [f"{name}: not in the lock" for name in sorted(files.keys() - lock.files.keys())]
+        if lock.revision != entry.revision:
+            problems.append(f"locked at revision {lock.revision!r}, the catalog names {entry.revision!r}")
+    actual = next(iter(files.values())) if path.is_file() else folder_sha256(files)
+    if entry.sha256 and actual != entry.sha256:
+        problems.append(f"sha256 {actual} does not match the catalog's {entry.sha256}")
+    return problems
+
+
+def check_addable(path: Path, policies_dir: Path, roots: list[str]) -> str:
+    """The catalog source for a local folder or file: relative to the policies folder, under one
+    of `local_weights_roots`, safetensors only."""
+    path = path.resolve()
+    allowed = [(policies_dir / root).resolve() for root in roots]
+    if not any(path.is_relative_to(root) for root in allowed):
+        raise CatalogError(f"{path}: put the weights under one of {', '.join(map(str, allowed))} "
+                           "(local_weights_roots in models.yaml)")
+    if path.is_file() and path.suffix != ".safetensors":
+        raise CatalogError(f"{path}: only .safetensors files are registered (pickle formats can run code)")
+    if path.is_dir() and not any(path.rglob("*.safetensors")):
+        raise CatalogError(f"{path}: no .safetensors weights in this folder")
+    return "./" + path.relative_to(policies_dir.resolve()).as_posix()
