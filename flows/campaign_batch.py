@@ -65,7 +65,8 @@ def plan_run(sheet: Sheet, rows: list[ScreenedRow], run: RunContext, settings: S
     refusal (licenses, weights) after recording the rows it names."""
     parts = Parts.of(settings)
     plan = preflight(sheet.name, rows, run.campaign, run.use, parts.policies,
-                     partial(image_states, audit=parts.audit, store=parts.store), settings.batch_size)
+                     partial(image_states, audit=parts.audit, store=parts.store), settings.batch_size,
+                     settings.organisation_revenue_usd)
     parts.audit.append([skipped_record(run, row) for row in sheet.skipped] + plan_records(run, plan))
     if plan.refusal is not None:
         raise plan.refusal.error

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     dask_address: str | None = None
     dask_workers: int = 0
     embedded_s3_port: int = 18333
+    # The organisation's annual revenue (USD), declared for licenses that allow commercial use only
+    # under a threshold (the Stability AI Community License: 1,000,000); none: such runs are refused.
+    organisation_revenue_usd: int | None = None
     # C2PA signing of every stored PNG: a PEM certificate chain (signer first) and its PKCS8 key.
     c2pa_certificate: Path | None = None
     c2pa_private_key: Path | None = None

@@ -35,7 +35,7 @@ class Parts:
         self.store = ObjectStore(settings)
         self.audit = AuditLog(settings.audit_url, Sealer.for_settings(settings, self.store))
         self.spool = Spool(settings.home / "spool")
-        self.marker = Marker(self.policies.provenance, settings)
+        self.marker = Marker(self.policies.provenance, settings, self.policies.attributions)
         self._generator: ImageGenerator | None = None
         self._screen: ImageScreen | None = None
         self._text_screen: TextScreen | None = None

@@ -129,6 +129,11 @@ class License(Strict):
     id: str
     url: str | None = None
     commercial_use: bool
+    # Commercial use only for organisations under this annual revenue (USD), e.g. the Stability AI
+    # Community License; checked against the declared `organisation_revenue_usd` setting.
+    revenue_limit_usd: int | None = Field(None, gt=0)
+    attribution: str | None = None  # a notice the license asks for; carried in every image's metadata
+    use_restrictions: str | None = None  # where the use restrictions are (a RAIL license's Attachment A)
 
 
 class ModelEntry(Strict):
@@ -196,6 +201,12 @@ class Policies(Strict):
     def loras(self) -> dict[str, LoraEntry]:
         """Every brand's LoRAs by id."""
         return {lora.id: lora for brand in self.brands.values() for lora in brand.loras}
+
+    @property
+    def attributions(self) -> dict[str, str]:
+        """Model or LoRA id -> the notice its license asks every output to carry."""
+        return {entry.id: entry.license.attribution for entry in [*self.models.values(), *self.loras.values()]
+                if entry.license.attribution}
 
 
 def _load_yaml(path: Path):

@@ -80,12 +80,12 @@ StateLookup = Callable[[list[str]], dict[str, ImageState]]
 
 
 def preflight(sheet_name: str, rows: list[ScreenedRow], campaign: str, use: str, policies: Policies,
-              states: StateLookup, batch_size: int) -> Plan:
+              states: StateLookup, batch_size: int, revenue_usd: int | None = None) -> Plan:
     """The plan of a run; with `plan.refusal` set when licenses or weights forbid it."""
     plan = Plan(rows=rows,
                 jobs=[job for r in rows if r.allowed
                       for job in plan_row(r.row, campaign, policies, r.verdict.model_dump())])
-    plan.refusal = refusal(plan.jobs, policies, use)
+    plan.refusal = refusal(plan.jobs, policies, use, revenue_usd)
     if plan.refusal is not None:
         return plan
     found = states([job.key for job in plan.jobs])
@@ -95,10 +95,10 @@ def preflight(sheet_name: str, rows: list[ScreenedRow], campaign: str, use: str,
     return plan
 
 
-def refusal(jobs: list[ImageJob], policies: Policies, use: str) -> Refusal | None:
+def refusal(jobs: list[ImageJob], policies: Policies, use: str, revenue_usd: int | None = None) -> Refusal | None:
     """The first check that refuses the run, in the order a user fixes things: licenses
     (the campaign's declared use), then weights."""
-    if problems := license_problems(jobs, policies, use):
+    if problems := license_problems(jobs, policies, use, revenue_usd):
         return Refusal(LicenseRefused(problems), _by_row(problems))
     if problems := weight_problems(jobs, policies):
         return Refusal(CatalogError(problems), _by_row(problems))

@@ -72,8 +72,9 @@ class ImageMarks(BaseModel):
 class Marker:
     """Encodes generated images as marked PNGs, per the provenance policy and settings."""
 
-    def __init__(self, policy: ProvenancePolicy, settings: Settings):
+    def __init__(self, policy: ProvenancePolicy, settings: Settings, attributions: dict[str, str] | None = None):
         self.watermark = policy.watermark if policy.watermark.enabled else None
+        self.attributions = attributions or {}  # model or LoRA id -> the notice its license asks for
         self.signer = None
         self.signer_name = None
         if settings.c2pa_certificate and settings.c2pa_private_key:
@@ -117,6 +118,9 @@ class Marker:
         parameters = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
                       "model_sha256": generated.model_sha256, "scheduler": generated.scheduler,
                       "lora_sha256": generated.lora_sha256, **job.settings.model_dump(mode="json")}
+        if notices := [self.attributions[i] for i in (job.settings.model, *(u.id for u in job.settings.loras))
+                       if i in self.attributions]:
+            parameters["attribution"] = notices
         return self.encode(generated.image, parameters, job.key)
 
     def encode(self, image: Image.Image, parameters: dict, image_key: str) -> bytes:

@@ -7,18 +7,21 @@ runs through the whole flow: generation, screens, audit, and `audit reproduce`."
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import REPO
 from ldm_batch.audit import AuditLog
 from ldm_batch.catalog import weights_sha256
 from ldm_batch.cli import app
+from ldm_batch.storage import ObjectStore
 
 DEMO_TOKENIZER = REPO / "ldm_batch" / "demo_kit" / "weights" / "demo-tiny-sd" / "tokenizer"
 
@@ -149,7 +152,10 @@ def build_tiny_lora(model: Path, folder: Path) -> None:
 # model id -> (builder, catalog fields beyond the common ones, whether a brand LoRA is added)
 FAMILIES = {
     "tiny-sdxl": (build_tiny_sdxl, {}, True),
-    "tiny-sd3": (build_tiny_sd3, {}, False),
+    # SD 3.5's license terms: commercial use under a revenue threshold, an attribution notice
+    "tiny-sd3": (build_tiny_sd3, {"license": {"id": "Stability-AI-Community-License", "commercial_use": True,
+                                              "revenue_limit_usd": 1_000_000, "attribution": "Powered by Stability AI"}},
+                 False),
     "tiny-flux": (build_tiny_flux, {"call_options": {"max_sequence_length": 64}}, True),
     "tiny-pixart": (build_tiny_pixart, {"call_options": {"use_resolution_binning": False, "max_sequence_length": 64}},
                     False),
@@ -180,6 +186,7 @@ def family_catalog(request, tmp_path, monkeypatch):
             "id": f"{model_id}-house", "source": f"./loras/{model_id}-house", "sha256": weights_sha256(lora),
             "base_model": model_id, "license": LICENSE}]}))
     monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
+    monkeypatch.setenv("LDM_BATCH_ORGANISATION_REVENUE_USD", "250000")  # under SD 3.5's threshold
     return model_id
 
 
@@ -200,6 +207,10 @@ def test_each_family_runs_through_the_flow_with_its_lora_and_reproduces(prefect_
     assert records[0]["runtime"]["attention"]  # read from the denoiser, a UNet or a transformer
     assert len({r["image_sha256"] for r in records}) == images  # a generator per image
     checked = records[1:2]
+    attribution = (catalog_license := FAMILIES[family_catalog][1].get("license", {})).get("attribution")
+    stored = json.loads(Image.open(io.BytesIO(ObjectStore(settings).get(records[0]["s3_key"]))).info["ldm-batch"])
+    assert stored.get("attribution") == ([attribution] if attribution else None)  # the license's notice travels
+    assert records[0]["model_license"]["id"] == catalog_license.get("id", "Apache-2.0")
     if with_lora:
         branded = [r for r in records if r["brand"] == "house"]
         assert [lora["id"] for lora in branded[0]["loras"]] == [f"{family_catalog}-house"]

@@ -106,3 +106,30 @@ def test_preflight_loads_neither_torch_nor_prefect():
     code = "import sys, ldm_batch.preflight, ldm_batch.runs; print(sorted({'torch', 'prefect'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def rows_for(*models):
+    return [ScreenedRow(PromptRow(row=i + 1, asset_id=f"m{i}", prompt="a red circle", model=model), verdict())
+            for i, model in enumerate(models)]
+
+
+def test_real_licenses_refuse_and_allow_as_their_terms_do(policies):
+    """SD 3.5 (Stability AI Community License): commercial use only under 1M USD of declared
+    revenue; FLUX.1 [dev]: non-commercial only; FLUX.1 [schnell] (Apache-2.0): allowed. A license
+    that allows the use leaves the weights check, which refuses the unpinned hub ids."""
+    def refusal(model, use="commercial", revenue=None):
+        return preflight("s.csv", rows_for(model), "c", use, policies, nothing_stored, 4, revenue).refusal
+
+    undeclared = refusal("sd-3.5-large")
+    assert isinstance(undeclared.error, LicenseRefused)
+    assert "annual revenue under 1,000,000 USD" in undeclared.error.problems[0].message
+    assert "LDM_BATCH_ORGANISATION_REVENUE_USD" in undeclared.error.problems[0].message
+    assert "enterprise license" in refusal("sd-3.5-medium", revenue=2_500_000).error.problems[0].message
+    assert isinstance(refusal("sd-3.5-large", revenue=400_000).error, CatalogError)  # licensed; not pinned
+    assert isinstance(refusal("sd-3.5-large", use="non-commercial").error, CatalogError)
+    dev = refusal("flux.1-dev")
+    assert isinstance(dev.error, LicenseRefused) and "FLUX.1-dev-Non-Commercial-License" in dev.error.problems[0].message
+    assert isinstance(refusal("flux.1-dev", use="non-commercial").error, CatalogError)
+    assert isinstance(refusal("flux.1-schnell").error, CatalogError)
+    assert "Attachment A" in policies.models["sdxl-base-1.0"].license.use_restrictions  # kept in image records
+    assert policies.attributions["sd-3.5-large"] == "Powered by Stability AI"
