@@ -149,9 +149,17 @@ def build_tiny_lora(model: Path, folder: Path) -> None:
     type(pipe).save_lora_weights(folder, **{f"{name}_lora_layers": get_peft_model_state_dict(denoiser)})
 
 
+def kohya_copy(lora: Path, file: Path) -> None:
+    """The same LoRA as one Kohya-format file (lora_unet_... keys, lora_down/lora_up, alpha)."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    save_file(convert_state_dict_to_kohya(load_file(lora / "pytorch_lora_weights.safetensors")), file)
+
+
 # model id -> (builder, catalog fields beyond the common ones, whether a brand LoRA is added)
 FAMILIES = {
-    "tiny-sdxl": (build_tiny_sdxl, {}, True),
+    "tiny-sdxl": (build_tiny_sdxl, {}, True),  # its LoRA as a Kohya file too (brand `kohya`)
     # SD 3.5's license terms: commercial use under a revenue threshold, an attribution notice
     "tiny-sd3": (build_tiny_sd3, {"license": {"id": "Stability-AI-Community-License", "commercial_use": True,
                                               "revenue_limit_usd": 1_000_000, "attribution": "Powered by Stability AI"}},
@@ -185,6 +193,11 @@ def family_catalog(request, tmp_path, monkeypatch):
         (policies / "brands" / "house.yaml").write_text(yaml.safe_dump({"id": "house", "loras": [{
             "id": f"{model_id}-house", "source": f"./loras/{model_id}-house", "sha256": weights_sha256(lora),
             "base_model": model_id, "license": LICENSE}]}))
+        if model_id == "tiny-sdxl":
+            kohya_copy(lora, policies / "loras" / "house-kohya.safetensors")
+            (policies / "brands" / "kohya.yaml").write_text(yaml.safe_dump({"id": "kohya", "loras": [{
+                "id": "house-kohya", "source": "./loras/house-kohya.safetensors", "base_model": model_id,
+                "sha256": weights_sha256(policies / "loras" / "house-kohya.safetensors"), "license": LICENSE}]}))
     monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
     monkeypatch.setenv("LDM_BATCH_ORGANISATION_REVENUE_USD", "250000")  # under SD 3.5's threshold
     return model_id
@@ -196,10 +209,12 @@ def test_each_family_runs_through_the_flow_with_its_lora_and_reproduces(prefect_
     sheet = tmp_path / "family.csv"
     sheet.write_text("asset_id,prompt,brand,model,variants,seed\n"
                      f"plain,a red circle on a white background,,{family_catalog},2,11\n"
-                     + (f"branded,a red circle on a white background,house,{family_catalog},2,11\n" if with_lora else ""))
+                     + (f"branded,a red circle on a white background,house,{family_catalog},2,11\n" if with_lora else "")
+                     + (f"kohya,a red circle on a white background,kohya,{family_catalog},2,11\n"
+                        if family_catalog == "tiny-sdxl" else ""))
     result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "family", "--json"])
     assert result.exit_code == 0, result.output
-    images = 4 if with_lora else 2
+    images = (6 if family_catalog == "tiny-sdxl" else 4) if with_lora else 2
     summary = json.loads(result.stdout.splitlines()[-1])
     assert summary["images_generated"] == images and summary["images_failed"] == 0
     records = AuditLog(settings.audit_url).query(campaign="family", kind="image")
@@ -217,6 +232,9 @@ def test_each_family_runs_through_the_flow_with_its_lora_and_reproduces(prefect_
         plain_pixels = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] is None}
         assert all(plain_pixels.get(r["seed"]) != r["pixels_sha256"] for r in branded)  # the LoRA acts
         checked.append(branded[-1])
+    if family_catalog == "tiny-sdxl":  # the Kohya file is the same LoRA: the same pixels
+        kohya = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] == "kohya"}
+        assert kohya == {r["seed"]: r["pixels_sha256"] for r in branded}
     for record in checked:
         reproduced = CliRunner().invoke(app, ["audit", "reproduce", record["image_key"], "--json"])
         assert reproduced.exit_code == 0, reproduced.output
