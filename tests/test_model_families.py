@@ -26,16 +26,29 @@ from ldm_batch.storage import ObjectStore
 DEMO_TOKENIZER = REPO / "ldm_batch" / "demo_kit" / "weights" / "demo-tiny-sd" / "tokenizer"
 
 
+def clip_text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, hidden_size=32,
+                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+                          pad_token_id=tokenizer.pad_token_id or 0, hidden_act="gelu", projection_dim=32)
+
+
+def t5_config(tokenizer):
+    from transformers import T5Config
+
+    return T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
 def build_tiny_sd3(folder: Path) -> None:
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(DEMO_TOKENIZER)
     torch.manual_seed(0)
-    text = CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, hidden_size=32,
-                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-                          pad_token_id=tokenizer.pad_token_id or 0, hidden_act="gelu", projection_dim=32)
+    text = clip_text_config(tokenizer)
     StableDiffusion3Pipeline(
         transformer=SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=1,
                                           attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
@@ -67,15 +80,12 @@ def t5_tokenizer():
 def build_tiny_flux(folder: Path) -> None:
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
     tokenizer, tokenizer_2 = CLIPTokenizer.from_pretrained(DEMO_TOKENIZER), t5_tokenizer()
     torch.manual_seed(0)
-    text = CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, hidden_size=32,
-                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-                          pad_token_id=tokenizer.pad_token_id or 0, hidden_act="gelu", projection_dim=32)
-    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    text = clip_text_config(tokenizer)
+    t5 = t5_config(tokenizer_2)
     FluxPipeline(
         transformer=FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
                                            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
@@ -91,13 +101,11 @@ def build_tiny_flux(folder: Path) -> None:
 def build_tiny_sdxl(folder: Path) -> None:
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(DEMO_TOKENIZER)
     torch.manual_seed(0)
-    text = CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, hidden_size=32,
-                          intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-                          pad_token_id=tokenizer.pad_token_id or 0, hidden_act="gelu", projection_dim=32)
+    text = clip_text_config(tokenizer)
     StableDiffusionXLPipeline(
         unet=UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
                                   out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -117,12 +125,11 @@ def build_tiny_sdxl(folder: Path) -> None:
 def build_tiny_pixart(folder: Path) -> None:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5EncoderModel
 
     tokenizer = t5_tokenizer()
     torch.manual_seed(0)
-    t5 = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    t5 = t5_config(tokenizer)
     PixArtSigmaPipeline(
         transformer=PixArtTransformer2DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
                                              num_attention_heads=3, caption_channels=32, in_channels=4,
