@@ -1,11 +1,12 @@
 """Provenance robustness: how often each mark survives what a CMS does to a delivered image,
 and how often `provenance check` then finds the right audit record (and never a wrong one).
 
-    .venv/bin/python bench/provenance.py [--images 40] [--size 512] [--source demo|drawn]
+    .venv/bin/python bench/provenance.py [--images 40] [--size 512] [--source demo|drawn|sdxl]
 
 "Ours": demo-kit images (the demo model's 32x32 output, upscaled to --size, as a delivered
 asset would be) or, with --source drawn, scenes drawn at --size (flat saturated colours, the
-watermark's hardest case), marked by the product's Marker and recorded in a fresh SQLite
+watermark's hardest case), or, with --source sdxl, images a tiny random-weight SDXL pipeline
+(ldm_batch.demo_kit.tiny_families) makes at --size (noise-like textures), marked by the product's Marker and recorded in a fresh SQLite
 audit log the way a run records them. "Foreign": images the pipeline did not record: the same model with
 other seeds (look-alikes, the hardest case) and drawn scenes. Each transformation is applied
 to every image; prints one JSON object per transformation and a summary.
@@ -85,6 +86,21 @@ def demo_images(count: int, seed: int, size: int) -> list[Image.Image]:
     return images
 
 
+def sdxl_images(count: int, size: int, folder: Path) -> list[Image.Image]:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from ldm_batch.demo_kit.tiny_families import build_tiny_sdxl
+
+    build_tiny_sdxl(folder / "tiny-sdxl")
+    pipe = DiffusionPipeline.from_pretrained(folder / "tiny-sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(3)
+    return [pipe(prompt=caption(scene, rng), width=size, height=size, num_inference_steps=4,
+                 generator=torch.Generator().manual_seed(i)).images[0]
+            for i, scene in enumerate(rng.sample(all_scenes(), count))]
+
+
 def record(key: str, marks) -> AuditRecord:
     return AuditRecord(kind="image", run_id="bench", campaign="bench", sheet="bench.csv", sheet_row=1,
                        asset_id=key.split("/")[1], decision="delivered", prompt="", text_verdict={}, image_key=key,
@@ -95,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--source", choices=("demo", "drawn"), default="demo")
+    parser.add_argument("--source", choices=("demo", "drawn", "sdxl"), default="demo")
     args = parser.parse_args()
     policies = load_policies(REPO_POLICIES)
     marker = Marker(policies.provenance, Settings(c2pa_certificate=None, c2pa_private_key=None))
@@ -103,9 +119,11 @@ def main() -> None:
         log = AuditLog(f"sqlite:///{Path(folder) / 'audit.db'}")
         log.migrate()
         ours, keys = [], []
-        images = demo_images(args.images, 1, args.size) if args.source == "demo" else [
-            draw(scene, random.Random(i), size=args.size)
-            for i, scene in enumerate(random.Random(1).sample(all_scenes(), args.images))]
+        images = {"demo": lambda: demo_images(args.images, 1, args.size),
+                  "sdxl": lambda: sdxl_images(args.images, args.size, Path(folder)),
+                  "drawn": lambda: [draw(scene, random.Random(i), size=args.size)
+                                    for i, scene in enumerate(random.Random(1).sample(all_scenes(), args.images))],
+                  }[args.source]()
         started = time.perf_counter()
         for i, image in enumerate(images):
             key = f"bench/a{i}/a{i}-v1.png"
