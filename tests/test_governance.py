@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -82,6 +85,23 @@ def test_every_delivered_png_carries_its_provenance(campaign_run, settings):
         assert (sampler.name, sampler.model.name, sampler.model.hash) == (
             "DDIM", record["model_id"], record["model_sha256"][:10])
         assert "trainedAlgorithmicMedia" in image.info["XML:com.adobe.xmp"]
+
+
+EXIFTOOL = shutil.which("exiftool")
+
+
+@pytest.mark.skipif(not EXIFTOOL and not os.environ.get("LDM_BATCH_REQUIRE_EXIFTOOL"),
+                    reason="exiftool is not installed (apt-get install libimage-exiftool-perl)")
+def test_exiftool_reads_the_a1111_parameters_and_the_source_type(campaign_run, settings, tmp_path):
+    record = AuditLog(settings.audit_url).query(run_id=campaign_run.run_id, kind="image", decision="delivered")[0]
+    (tmp_path / "image.png").write_bytes(ObjectStore(settings).get(record["s3_key"]))
+    tags = json.loads(subprocess.run([EXIFTOOL or "exiftool", "-j", str(tmp_path / "image.png")], check=True,
+                                     capture_output=True, text=True).stdout)[0]
+    prompt, *rest = tags["Parameters"].splitlines()
+    assert prompt == record["prompt"] and f"Seed: {record['seed']}," in rest[-1]
+    assert f"Model: {record['model_id']}," in rest[-1] and f"Steps: {record['steps']}," in rest[-1]
+    assert tags["DigitalSourceType"].endswith("/trainedAlgorithmicMedia")
+    assert json.loads(tags["Ldm-batch"])["seed"] == record["seed"]
 
 
 def test_reproduce_from_the_audit_log_is_byte_identical(campaign_run, settings):
