@@ -130,4 +130,5 @@ def test_a_file_that_is_not_an_image_is_refused_with_its_name(tmp_path, settings
     (tmp_path / "notes.txt").write_text("not a picture")
     result = CliRunner().invoke(app, ["provenance", "check", str(tmp_path / "notes.txt")])
     assert result.exit_code == 2
-    assert "notes.txt: not an" in result.output and "PNG, JPEG and WebP" in result.output
+    output = " ".join(result.output.split())
+    assert "notes.txt: not an image" in output and "PNG, JPEG and WebP" in output
