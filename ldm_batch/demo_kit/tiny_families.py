@@ -99,8 +99,10 @@ def build_tiny_sdxl(folder: Path) -> None:
                                   use_linear_projection=True, addition_embed_type="text_time",
                                   addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
                                   projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1),
-        vae=AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                          down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2),
+        # four levels: latents at 1/8 of the image, as in SDXL (the cost per pixel is SDXL's shape)
+        vae=AutoencoderKL(block_out_channels=[8, 16, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
+                          norm_num_groups=8, down_block_types=["DownEncoderBlock2D"] * 4,
+                          up_block_types=["UpDecoderBlock2D"] * 4),
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                          beta_schedule="scaled_linear", timestep_spacing="leading"),
         text_encoder=CLIPTextModel(text), tokenizer=tokenizer, text_encoder_2=CLIPTextModelWithProjection(text),
