@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-
 import threading
 import time
 from collections import Counter
