@@ -109,9 +109,9 @@ class Watermark(Strict):
     # bits over rows of 64 blocks, and other lengths alias with them (48 bits lost a third of
     # its bits to a resize and JPEG where 64 lost under 2%).
     bits: Literal[32, 64] = 64
-    # How many decoded bits may be wrong and still name a record: only when exactly one recorded
-    # id is that close and the copy's perceptual hash agrees with that record's.
-    max_bit_errors: int = Field(10, ge=0, le=16)
+    # How many decoded bits may be wrong and still name a record: only when the copy's perceptual
+    # hash agrees with that record's, and exactly one such record is that close.
+    max_bit_errors: int = Field(16, ge=0, le=24)
 
 
 class ProvenancePolicy(Strict):

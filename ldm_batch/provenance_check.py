@@ -137,8 +137,8 @@ def _find(log: AuditLog, image: Image.Image, sha256: str, phash: str,
 def _watermark_match(log: AuditLog, image: Image.Image, phash: str,
                      watermark: Watermark) -> tuple[dict, str, int] | None:
     """The record whose watermark id the pixels carry, read at the copy's size and at the sizes
-    images are generated at (a resized copy scaled back), allowing `max_bit_errors` wrong bits
-    when exactly one recorded id is that close and the picture agrees."""
+    images are generated at (a resized copy scaled back). A read with up to `max_bit_errors`
+    wrong bits names a record when that record's picture agrees, and only when exactly one does."""
     if min(image.size) < WATERMARK_MIN_SIZE // 2:
         return None
     known = log.watermark_ids()
@@ -151,17 +151,18 @@ def _watermark_match(log: AuditLog, image: Image.Image, phash: str,
         if min(size) < WATERMARK_MIN_SIZE:
             continue
         read = read_watermark(image if size == image.size else image.resize(size, Image.LANCZOS), watermark.bits)
-        close = [(errors, known_id) for known_id in known
-                 if (errors := _distance(read, known_id)) <= watermark.max_bit_errors]
-        if len(close) != 1:
-            continue
-        errors, mark_id = close[0]
-        record = log.query(kind="image", watermark_id=mark_id)[0]
-        distance = _distance(phash, record.get("perceptual_hash"))
-        # a read with wrong bits counts only when the picture agrees: noise read from a foreign
-        # image is as close to some recorded id as a damaged mark is
-        if errors == 0 or (distance is not None and distance <= WATERMARK_AGREES):
-            return record, mark_id, errors
+        candidates = []
+        for errors, mark_id in sorted((_distance(read, known_id), known_id) for known_id in known):
+            if errors > watermark.max_bit_errors:
+                break
+            record = log.query(kind="image", watermark_id=mark_id)[0]
+            distance = _distance(phash, record.get("perceptual_hash"))
+            # a read with wrong bits counts only when the picture agrees: noise read from a
+            # foreign image is as close to some recorded id as a damaged mark is
+            if errors == 0 or (distance is not None and distance <= WATERMARK_AGREES):
+                candidates.append((record, mark_id, errors))
+        if len(candidates) == 1:
+            return candidates[0]
     return None
 
 
