@@ -44,6 +44,7 @@ WATERMARK_AGREES = 16  # a watermark match whose picture is this close is the sa
 # at, from a copy shrunk to 40% to one enlarged by half.
 GENERATED_WIDTHS = (256, 512, 768, 1024, 1536, 2048)
 RESIZED_BY = (0.4, 1.5)
+MAX_PIXELS = 40_000_000  # larger files are refused, not decoded
 
 
 class C2paLayer(BaseModel):
@@ -90,8 +91,11 @@ def check_file(data: bytes, name: str, log: AuditLog, watermark: Watermark,
     """Every layer of one image file, and the audit record it leads to."""
     try:
         image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:  # checked before decoding: no decompression bombs
+            raise Refused([Problem(file=name, message=f"{image.width}x{image.height} is over the {MAX_PIXELS:,} "
+                                                      "pixels this check reads; scale the copy down first")])
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise Refused([Problem(file=name, message="not an image this check reads; it accepts PNG, JPEG and WebP "
                                                   "files")]) from None
     sha256 = hashlib.sha256(data).hexdigest()
@@ -145,8 +149,9 @@ def _watermark_match(log: AuditLog, image: Image.Image, phash: str,
     if not known:
         return None
     width, height = image.size
-    sizes = [(width, height)] + [(w, round(height * w / width)) for w in GENERATED_WIDTHS
-                                 if w != width and RESIZED_BY[0] <= width / w <= RESIZED_BY[1]]
+    sizes = [(width, height)] if width <= max(GENERATED_WIDTHS) else []  # no image is made larger
+    sizes += [(w, round(height * w / width)) for w in GENERATED_WIDTHS
+              if w != width and RESIZED_BY[0] <= width / w <= RESIZED_BY[1]]
     for size in sizes:
         if min(size) < WATERMARK_MIN_SIZE:
             continue

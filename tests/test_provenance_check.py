@@ -132,3 +132,12 @@ def test_a_file_that_is_not_an_image_is_refused_with_its_name(tmp_path, settings
     assert result.exit_code == 2
     output = " ".join(result.output.split())
     assert "notes.txt: not an image" in output and "PNG, JPEG and WebP" in output
+
+
+def test_an_oversized_file_is_refused_before_it_is_decoded(tmp_path, settings):
+    huge = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(huge, format="PNG")  # 48 MP of one colour: a small file
+    (tmp_path / "huge.png").write_bytes(huge.getvalue())
+    result = CliRunner().invoke(app, ["provenance", "check", str(tmp_path / "huge.png")])
+    assert result.exit_code == 2
+    assert "8000x6000 is over the 40,000,000 pixels" in " ".join(result.output.split())
