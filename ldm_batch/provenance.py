@@ -44,7 +44,7 @@ XMP = f"""<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.
 WATERMARK_MIN_SIZE = 256  # invisible-watermark refuses smaller images
 WATERMARK_METHOD = "dwtDctSvd"
 # Embedding strength per YUV channel (U only): the library's default 36 lost 15% of the bits to
-# a 50% resize with JPEG q85; 60 loses under 2% at about 36 dB PSNR (bench/provenance.py).
+# a 50% resize with JPEG q85; 60 loses 2-3% at about 36 dB PSNR (bench/provenance.py).
 WATERMARK_SCALES = [0, 60, 0]
 GENERATION_ASSERTION = "org.ldm-batch.generation"
 RECORD_CHUNK = "ldm-batch"  # the PNG text chunk holding the generation parameters as JSON
