@@ -69,3 +69,19 @@ def test_add_refuses_weights_outside_the_allowed_folders_and_pull_refuses_unpinn
     assert added.exit_code == 2 and "local_weights_roots" in " ".join(added.output.split())
     pulled = cli("models", "pull", "sd-1.5")
     assert pulled.exit_code == 2 and "must be pinned to a commit" in " ".join(pulled.output.split())
+
+
+def test_an_add_that_would_break_the_catalog_changes_nothing(policies_copy):
+    """models.yaml whose last key is not `models`: the appended entry would land under another
+    key; the catalog no longer loads, so the file and the lock are put back as they were."""
+    catalog = policies_copy / "models.yaml"
+    text = catalog.read_text().replace("local_weights_roots: [loras]\n", "") + "local_weights_roots: [loras]\n"
+    catalog.write_text(text)
+    weights = policies_copy / "loras" / "house-sd"
+    shutil.copytree(REPO / "ldm_batch" / "demo_kit" / "weights" / "demo-tiny-sd", weights)
+    added = cli("models", "add", weights, "--id", "house-sd", "--license", "MIT", "--license-url", "https://x",
+                "--commercial-use")
+    assert added.exit_code == 2 and "models.yaml" in "".join(added.output.split())
+    assert catalog.read_text() == text and not (policies_copy / "models.lock.json").exists()
+    assert cli("models", "add", weights, "--id", "h2", "--license", "MIT", "--license-url", "https://x",
+               "--commercial-use", "--kind", "video").exit_code == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 import yaml
@@ -81,8 +81,8 @@ def models_add(
     config: ConfigOption = None, as_json: JsonOption = False,
 ) -> None:
     """Register local weights: their sha256 into models.yaml, every file's into the lock."""
-    from ldm_batch.catalog_lock import check_addable, locked, read_lock, write_lock
-    from ldm_batch.policies import License, ModelEntry
+    from ldm_batch.catalog_lock import LOCK_NAME, check_addable, locked, read_lock, write_lock
+    from ldm_batch.policies import License, ModelEntry, load_policies
     from ldm_batch.problems import Refused
     from ldm_batch.sheets import SAFE_NAME
 
@@ -93,6 +93,8 @@ def models_add(
             fail(f"--id {model_id!r}: use letters, digits, '.', '_' and '-'", 2, as_json)
         if model_id in policies.models:
             fail(f"--id {model_id!r} is already in the catalog; choose another id", 2, as_json)
+        if kind not in get_args(ModelEntry.model_fields["kind"].annotation):
+            fail(f"--kind {kind!r}: use diffusion, clip, text or nsfw", 2, as_json)
         catalog = yaml.safe_load((policies_dir / "models.yaml").read_text(encoding="utf-8"))
         try:
             source = check_addable(path, policies_dir, catalog.get("local_weights_roots", []))
@@ -107,9 +109,16 @@ def models_add(
         catalog_path = policies_dir / "models.yaml"  # appended to (`models` is its last key): comments stay
         text = catalog_path.read_text(encoding="utf-8")
         item = "".join(f"  {line}\n" for line in yaml.safe_dump([fields], sort_keys=False, width=200).splitlines())
+        lock_path = policies_dir / LOCK_NAME
+        old_lock = lock_path.read_text(encoding="utf-8") if lock_path.exists() else None
         catalog_path.write_text(text + ("" if text.endswith("\n") else "\n") + item, encoding="utf-8")
         write_lock(policies_dir, lock)
-        _policies(inv)  # the catalog still loads
+        try:
+            load_policies(policies_dir)  # the catalog still loads, or nothing is left changed
+        except Refused as exc:
+            catalog_path.write_text(text, encoding="utf-8")
+            lock_path.write_text(old_lock, encoding="utf-8") if old_lock is not None else lock_path.unlink()
+            abort(exc, as_json)
     if as_json:
         emit_json(fields)
     else:
