@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ldm_batch.catalog import PINNED_REVISION, file_digests, folder_sha256, resolve
-from ldm_batch.policies import LOCAL_PREFIXES, ModelEntry
+from ldm_batch.policies import ModelEntry
 from ldm_batch.problems import CatalogError
 
 LOCK_NAME = "models.lock.json"
@@ -43,14 +43,18 @@ def write_lock(policies_dir: Path, lock: dict[str, LockedModel]) -> None:
 def locked(entry: ModelEntry, path: Path, source: str) -> LockedModel:
     """The lock entry of weights at `path` (every file and the digest the catalog pins)."""
     files = file_digests(path)
-    sha256 = next(iter(files.values())) if path.is_file() else folder_sha256(files)
-    return LockedModel(source=source, revision=entry.revision, sha256=sha256, files=files)
+    return LockedModel(source=source, revision=entry.revision, sha256=_pin(path, files), files=files)
+
+
+def _pin(path: Path, files: dict[str, str]) -> str:
+    """The catalog's sha256 of weights, from their files' digests: a single file's own, or the folder's."""
+    return next(iter(files.values())) if path.is_file() else folder_sha256(files)
 
 
 def local_weights(entry: ModelEntry) -> Path | None:
     """Where the entry's weights are on this machine, without downloading; None when they are not."""
     try:
-        if entry.source.startswith(("builtin:", "package:")) or entry.source.startswith(LOCAL_PREFIXES):
+        if not entry.from_hub:
             return resolve(entry.source, entry.revision)
         if not PINNED_REVISION.fullmatch(entry.revision or ""):
             return None
@@ -72,7 +76,7 @@ def differences(entry: ModelEntry, path: Path, lock: LockedModel | None) -> list
         problems += [f"{name}: not in the lock" for name in sorted(files.keys() - lock.files.keys())]
         if lock.revision != entry.revision:
             problems.append(f"locked at revision {lock.revision!r}, the catalog names {entry.revision!r}")
-    actual = next(iter(files.values())) if path.is_file() else folder_sha256(files)
+    actual = _pin(path, files)
     if entry.sha256 and actual != entry.sha256:
         problems.append(f"sha256 {actual} does not match the catalog's {entry.sha256}")
     return problems

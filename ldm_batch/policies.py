@@ -150,6 +150,11 @@ class ModelEntry(Strict):
     # {max_sequence_length: 256} for Flux or {use_resolution_binning: false} for PixArt.
     call_options: dict[str, bool | int | float | str] = {}
 
+    @property
+    def from_hub(self) -> bool:
+        """Whether `source` is a hub id (not the demo kit, a package's files or a local path)."""
+        return not self.source.startswith(("builtin:", "package:") + LOCAL_PREFIXES)
+
 
 class LoraEntry(Strict):
     id: str

@@ -43,7 +43,6 @@ def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     are on this machine and whether the lock file holds them."""
     from ldm_batch.catalog import PINNED_REVISION
     from ldm_batch.catalog_lock import local_weights, read_lock
-    from ldm_batch.policies import LOCAL_PREFIXES
 
     with Invocation(config, as_json) as inv:
         policies = _policies(inv)
@@ -51,10 +50,10 @@ def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     rows = []
     for entry in policies.models.values():
         path = local_weights(entry)
-        hub = not entry.source.startswith(("builtin:", "package:") + LOCAL_PREFIXES)
         rows.append({"id": entry.id, "kind": entry.kind, "family": _family(path), "source": entry.source,
                      "revision": entry.revision,
-                     "pinned": bool(PINNED_REVISION.fullmatch(entry.revision or "")) if hub else entry.sha256 is not None,
+                     "pinned": bool(PINNED_REVISION.fullmatch(entry.revision or "")) if entry.from_hub
+                     else entry.sha256 is not None,
                      "license": entry.license.id, "commercial_use": entry.license.commercial_use,
                      "present": path is not None, "locked": entry.id in lock})
     if as_json:
