@@ -1,6 +1,7 @@
 """Throughput: the whole product against plain diffusers loops, same model, same jobs.
 
     .venv/bin/python bench/throughput.py [--images 64] [--batch 8] [--json]
+    .venv/bin/python bench/throughput.py --family sdxl --size 1024 --images 32 --batch 4   # on a GPU
 
 One process, the demo kit, a mixed-brand sheet (acme, globex, no brand, in turn: the worst
 case for LoRA switching), 20 steps at 32x32. Three ways to make the same images:
@@ -249,13 +250,77 @@ def run_naive(rows) -> float:
     return timed(loop)
 
 
+FAMILIES = {"sdxl": "build_full_size_sdxl", "tiny-sdxl": "build_tiny_sdxl"}
+
+
+def family_throughput(family: str, size: int, images: int, batch: int, steps: int) -> dict:
+    """`--family sdxl --size 1024`: the flow against a plain batched diffusers loop on a
+    full-size architecture with random weights (they cost what real ones cost per step), on the
+    GPU when there is one. `--family tiny-sdxl` runs the same code in minutes on a CPU."""
+    import shutil
+
+    import yaml
+    from diffusers import DiffusionPipeline
+
+    from ldm_batch.catalog import weights_sha256
+    from ldm_batch.demo_kit import tiny_families
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="family-") as tmp:
+        home = Path(tmp)
+        policies = home / "policies"
+        shutil.copytree(REPO_POLICIES, policies)
+        folder = policies / "loras" / family  # under the catalog's local_weights_roots
+        getattr(tiny_families, FAMILIES[family])(folder)
+        catalog = yaml.safe_load((policies / "models.yaml").read_text())
+        catalog["models"].append({"id": family, "kind": "diffusion", "source": f"./loras/{family}", "revision": "bench",
+                                  "sha256": weights_sha256(folder), "license": {"id": "bench", "commercial_use": True},
+                                  "defaults": {"width": size, "height": size, "steps": steps, "guidance": 5.0}})
+        (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+        os.environ.update(LDM_BATCH_POLICIES_DIR=str(policies), LDM_BATCH_DEVICE=device)
+        rows = sheet_rows(images)
+        sheet = home / "family.csv"
+        sheet.write_text("asset_id,prompt,model,seed\n" + "".join(f"{a},{p},{family},{i}\n"
+                                                                   for i, (a, p, _) in enumerate(rows)))
+        with product(home, batch):
+            flow_seconds(sheet, "warmup", images)  # loads the model once, as a long-lived worker does
+            flow = flow_seconds(sheet, "measured", images)
+
+        def plain_loop() -> float:
+            dtype = torch.float16 if device == "cuda" else torch.float32
+            pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype).to(device)
+            pipe.set_progress_bar_config(disable=True)
+
+            def loop():
+                for start in range(0, images, batch):
+                    part = rows[start:start + batch]
+                    pipe(prompt=[p for _, p, _ in part], num_inference_steps=steps, guidance_scale=5.0, width=size,
+                         height=size, generator=[torch.Generator(device).manual_seed(start + i) for i in range(len(part))])
+
+            loop()  # warm-up, as the flow had
+            return timed(loop)
+
+        plain = on_torch_thread(plain_loop)
+    return {"family": family, "size": size, "images": images, "batch": batch, "steps": steps, "device": device,
+            "images_per_second": {"flow": round(images / flow, 3), "batched_diffusers": round(images / plain, 3)},
+            "flow_vs_batched_diffusers": round(plain / flow, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--long", type=int, default=320, help="images of the memory run")
+    parser.add_argument("--family", choices=sorted(FAMILIES), help="only the flow against a plain loop on this "
+                        "architecture (sdxl: full size, random weights; for a GPU)")
+    parser.add_argument("--size", type=int, default=1024, help="image size with --family")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps with --family")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.family:
+        report = family_throughput(args.family, args.size, args.images, args.batch, args.steps)
+        print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+        return
     rows = sheet_rows(args.images)
     report = {"images": args.images, "batch": args.batch, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
@@ -287,6 +352,7 @@ def product(home: Path, batch: int) -> Iterator[None]:
 
     with prefect_server(home, 28420) as api, embedded_s3(home, 28333) as server:
         os.environ.update(PREFECT_API_URL=api, LDM_BATCH_HOME=str(home), LDM_BATCH_BATCH_SIZE=str(batch),
+                          LDM_BATCH_SHEET_ROOTS=json.dumps([str(home)]),
                           LDM_BATCH_S3_ENDPOINT_URL=server.endpoint_url, LDM_BATCH_S3_ACCESS_KEY_ID=server.access_key_id,
                           LDM_BATCH_S3_SECRET_ACCESS_KEY=server.secret_access_key)
         configure_prefect(home)

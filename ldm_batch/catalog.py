@@ -79,9 +79,9 @@ def _check_safetensors(path: Path) -> None:
 PINNED_REVISION = re.compile(r"[0-9a-f]{40}")
 
 
-def resolve(source: str, revision: str | None) -> Path:
+def resolve(source: str, revision: str | None, configs_only: bool = False) -> Path:
     """Local path of a source: builtin:NAME (the committed demo kit), package:PKG/dir, a path,
-    or a hub id."""
+    or a hub id (with `configs_only`, its configs and tokenizers without weights)."""
     if source.startswith("builtin:"):
         path = DEMO_KIT / source.removeprefix("builtin:")
         if not path.exists():
@@ -109,8 +109,8 @@ def resolve(source: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     # Honours HF_HUB_OFFLINE; only safetensors weights and configs are fetched.
-    return Path(snapshot_download(source, revision=revision,
-                                  allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    patterns = ["*.json", "*.txt", "*.model"] + ([] if configs_only else ["*.safetensors"])
+    return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
 
 
 def verified_path(source: str, revision: str | None, sha256: str | None) -> tuple[Path, str]:
@@ -124,3 +124,18 @@ def verified_path(source: str, revision: str | None, sha256: str | None) -> tupl
     if sha256 and actual != sha256:
         raise CatalogError(f"{source}: weights sha256 {actual} does not match the catalog's {sha256}")
     return path, actual
+
+
+def verified_configs(source: str, revision: str | None, sha256: str | None) -> Path:
+    """The diffusers configs a single-file checkpoint names: a folder of configs, scheduler and
+    tokenizers (no weights needed), checked against the catalog's config_sha256 when local."""
+    path = resolve(source, revision, configs_only=True)
+    if not (path / "model_index.json").is_file():
+        raise CatalogError(f"{source}: not a diffusers config folder (no model_index.json)")
+    actual = folder_sha256(file_digests(path))
+    if sha256 and actual != sha256:
+        raise CatalogError(f"{source}: configs sha256 {actual} does not match the catalog's config_sha256 {sha256}")
+    if not sha256 and not PINNED_REVISION.fullmatch(revision or ""):
+        raise CatalogError(f"{source}: a single file's configs must be pinned (config_sha256 for a folder, "
+                           "config_revision for a hub id)")
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ldm_batch.catalog import PINNED_REVISION, file_digests, folder_sha256, resolve
+from ldm_batch.catalog import PINNED_REVISION, file_digests, folder_sha256, resolve, verified_configs
 from ldm_batch.policies import ModelEntry
 from ldm_batch.problems import CatalogError
 
@@ -65,6 +65,18 @@ def local_weights(entry: ModelEntry) -> Path | None:
         return None
 
 
+def local_configs(entry: ModelEntry) -> Path | None:
+    """Where a single file's named configs are on this machine, without downloading."""
+    try:
+        if entry.config.startswith("/"):
+            return Path(entry.config)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(entry.config, revision=entry.config_revision, local_files_only=True))
+    except Exception:
+        return None
+
+
 def differences(entry: ModelEntry, path: Path, lock: LockedModel | None) -> list[str]:
     """How the weights at `path` differ from the lock and from the catalog's sha256."""
     files = file_digests(path)
@@ -79,12 +91,17 @@ def differences(entry: ModelEntry, path: Path, lock: LockedModel | None) -> list
     actual = _pin(path, files)
     if entry.sha256 and actual != entry.sha256:
         problems.append(f"sha256 {actual} does not match the catalog's {entry.sha256}")
+    if entry.config:  # a single file's configs are pinned too
+        try:
+            verified_configs(entry.config, entry.config_revision, entry.config_sha256)
+        except Exception as exc:
+            problems.append(f"config: {exc}")
     return problems
 
 
-def check_addable(path: Path, policies_dir: Path, roots: list[str]) -> str:
+def check_addable(path: Path, policies_dir: Path, roots: list[str], configs: bool = False) -> str:
     """The catalog source for a local folder or file: relative to the policies folder, under one
-    of `local_weights_roots`, safetensors only."""
+    of `local_weights_roots`, safetensors only (`configs`: a folder of a family's diffusers configs)."""
     path = path.resolve()
     allowed = [(policies_dir / root).resolve() for root in roots]
     if not any(path.is_relative_to(root) for root in allowed):
@@ -92,6 +109,8 @@ def check_addable(path: Path, policies_dir: Path, roots: list[str]) -> str:
                            "(local_weights_roots in models.yaml)")
     if path.is_file() and path.suffix != ".safetensors":
         raise CatalogError(f"{path}: only .safetensors files are registered (pickle formats can run code)")
-    if path.is_dir() and not any(path.rglob("*.safetensors")):
+    if configs and not (path / "model_index.json").is_file():
+        raise CatalogError(f"{path}: not a diffusers config folder (no model_index.json)")
+    if path.is_dir() and not configs and not any(path.rglob("*.safetensors")):
         raise CatalogError(f"{path}: no .safetensors weights in this folder")
     return "./" + path.relative_to(policies_dir.resolve()).as_posix()

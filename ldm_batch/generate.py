@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ldm_batch.catalog import LOADING, verified_path
+from ldm_batch.catalog import LOADING, verified_configs, verified_path
 from ldm_batch.plan import Batch, ImageJob
 from ldm_batch.policies import Policies
+from ldm_batch.problems import CatalogError
 from ldm_batch.torch_thread import on_torch_thread
 
 
@@ -73,7 +74,6 @@ class ImageGenerator:
         quiet_libraries()
         self.policies = policies
         self.device = resolve_device(device)
-        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.compile_unet = compile_unet and self.device.startswith("cuda")  # inductor on CPU needs a compiler
         self.loads: Counter[str] = Counter()  # what was loaded from disk, for tests and reports
         self._pipelines: dict[str, tuple[object, str]] = {}
@@ -82,16 +82,20 @@ class ImageGenerator:
 
     def pipeline(self, model_id: str):
         if model_id not in self._pipelines:
-            from diffusers import AutoPipelineForText2Image
-
             entry = self.policies.models[model_id]
-            path, sha = verified_path(entry.source, entry.revision, entry.sha256)
-            # the checkpoint's model_index.json picks the pipeline class (SD 1.x/2.x, SDXL, SD3, ...)
+            gpu = self.device.startswith("cuda")
+            dtype = getattr(torch, entry.gpu.dtype) if gpu else torch.float32
             with LOADING:
-                pipe = AutoPipelineForText2Image.from_pretrained(path, dtype=self.dtype, use_safetensors=True,
-                                                                 **absent_components(path))
+                pipe, sha = load_pipeline(entry, dtype)
             pipe.set_progress_bar_config(disable=True)
-            pipe = pipe.to(self.device)
+            if gpu and entry.gpu.cpu_offload:
+                pipe.enable_model_cpu_offload(device=self.device)  # moves each part in when it runs
+            else:
+                pipe = pipe.to(self.device)
+            if entry.gpu.vae_tiling:
+                pipe.vae.enable_tiling()
+            if entry.gpu.lora_hotswap_rank:  # before the first adapter: later brands swap in, no recompile
+                pipe.enable_lora_hotswap(target_rank=entry.gpu.lora_hotswap_rank)
             if self.compile_unet:
                 name = denoiser_name(pipe)
                 setattr(pipe, name, torch.compile(getattr(pipe, name), fullgraph=True))
@@ -100,15 +104,19 @@ class ImageGenerator:
             self.loads[f"model:{model_id}"] += 1
         return self._pipelines[model_id]
 
+    def _lora_path(self, model_id: str, lora_id: str) -> tuple[Path, str]:
+        entry = self.policies.loras[lora_id]
+        if entry.base_model != model_id:
+            raise ValueError(f"LoRA {lora_id!r} is trained for {entry.base_model!r}, not {model_id!r}")
+        return verified_path(entry.source, None, entry.sha256)
+
     def _activate_loras(self, model_id: str, pipe, batch: Batch) -> dict[str, str]:
+        if self.policies.models[model_id].gpu.lora_hotswap_rank:
+            return self._swap_lora(model_id, pipe, batch)
         loaded = self._adapters[model_id]
-        entries = self.policies.loras
         for use in batch.settings.loras:
             if use.id not in loaded:
-                entry = entries[use.id]
-                if entry.base_model != model_id:
-                    raise ValueError(f"LoRA {use.id!r} is trained for {entry.base_model!r}, not {model_id!r}")
-                path, sha = verified_path(entry.source, None, entry.sha256)
+                path, sha = self._lora_path(model_id, use.id)
                 with LOADING:
                     pipe.load_lora_weights(path, adapter_name=use.id)
                 loaded[use.id] = sha
@@ -119,6 +127,28 @@ class ImageGenerator:
         elif loaded:
             pipe.disable_lora()
         return {u.id: loaded[u.id] for u in batch.settings.loras}
+
+    def _swap_lora(self, model_id: str, pipe, batch: Batch) -> dict[str, str]:
+        """One adapter slot whose weights each brand replaces in place (diffusers' LoRA hotswap),
+        so a compiled denoiser is not recompiled when brands change; a row may use one LoRA."""
+        uses = batch.settings.loras
+        if len(uses) > 1:
+            raise ValueError(f"{model_id} swaps one LoRA at a time (gpu.lora_hotswap_rank in models.yaml); "
+                             f"this row asks for {len(uses)}")
+        slot = self._adapters[model_id]  # {lora id: sha256} of what the slot holds now
+        if uses and uses[0].id not in slot:
+            path, sha = self._lora_path(model_id, uses[0].id)
+            with LOADING:
+                pipe.load_lora_weights(path, adapter_name="brand", hotswap=bool(slot))
+            slot.clear()
+            slot[uses[0].id] = sha
+            self.loads[f"lora:{uses[0].id}"] += 1
+        if uses:
+            pipe.enable_lora()
+            pipe.set_adapters(["brand"], [uses[0].scale])
+        elif slot:
+            pipe.disable_lora()
+        return {u.id: slot[u.id] for u in uses}
 
     def generate(self, batch: Batch, cpu_threads: int | None = None) -> list[GeneratedImage]:
         """`cpu_threads`: torch's intra-op threads for this call (on CPU the last bits of the
@@ -149,9 +179,31 @@ class ImageGenerator:
                 for i, (job, image) in enumerate(zip(batch.jobs, images))]
 
     def runtime(self, pipe) -> dict:
-        processors = sorted({type(p).__name__ for p in getattr(pipe, denoiser_name(pipe)).attn_processors.values()})
-        return {"dtype": str(self.dtype).removeprefix("torch."), "attention": processors,
+        denoiser = getattr(pipe, denoiser_name(pipe))
+        processors = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
+        return {"dtype": str(denoiser.dtype).removeprefix("torch."), "attention": processors,
                 "compiled": self.compile_unet, "cpu_threads": torch.get_num_threads()}
+
+
+def load_pipeline(entry, dtype):
+    """A catalog entry's pipeline and its weights' sha256: a diffusers folder (its
+    model_index.json picks the pipeline class: SD 1.x/2.x, SDXL, SD3, Flux, ...) or a single-file
+    checkpoint, built from the family's configs that the entry names."""
+    import diffusers
+
+    path, sha = verified_path(entry.source, entry.revision, entry.sha256)
+    if path.is_dir():
+        return diffusers.AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                                   **absent_components(path)), sha
+    if not entry.config:
+        raise CatalogError(f"{entry.id}: {path.name} is a single-file checkpoint; name its family's diffusers "
+                           "configs in the catalog entry (config: a local folder with config_sha256, or a hub id "
+                           "with a 40-hex config_revision)")
+    configs = verified_configs(entry.config, entry.config_revision, entry.config_sha256)
+    family = json.loads((configs / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    pipeline_class = getattr(diffusers, family)
+    return pipeline_class.from_single_file(str(path), config=str(configs), dtype=dtype, local_files_only=True,
+                                           **absent_components(configs)), sha
 
 
 def absent_components(path: Path) -> dict:

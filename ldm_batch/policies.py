@@ -136,6 +136,17 @@ class License(Strict):
     use_restrictions: str | None = None  # where the use restrictions are (a RAIL license's Attachment A)
 
 
+class GpuOptions(Strict):
+    """How a diffusion model runs on a GPU (a CPU runs float32 with everything on it)."""
+
+    dtype: Literal["float16", "bfloat16"] = "float16"  # bfloat16 for Flux and SD 3.x, which overflow float16
+    cpu_offload: bool = False  # enable_model_cpu_offload: big models on small GPUs, each part moved in when used
+    vae_tiling: bool = False  # decode large images tile by tile (less memory, seams blended)
+    # With compile_unet: brands swap their LoRA into one adapter slot of this rank in place
+    # (diffusers' LoRA hotswap), so switching brands does not recompile the denoiser.
+    lora_hotswap_rank: int | None = Field(None, ge=1)
+
+
 class ModelEntry(Strict):
     """A diffusion or CLIP checkpoint. `source` is a local path, a hub id, or builtin:NAME."""
 
@@ -149,6 +160,13 @@ class ModelEntry(Strict):
     # Arguments the family's pipeline call takes beyond prompt, size, steps and guidance, e.g.
     # {max_sequence_length: 256} for Flux or {use_resolution_binning: false} for PixArt.
     call_options: dict[str, bool | int | float | str] = {}
+    # A single-file checkpoint (one .safetensors in the original key layout, loaded with
+    # `from_single_file`) does not always say its architecture, so it names its family's
+    # diffusers configs: a local folder pinned by config_sha256, or a hub id at a 40-hex config_revision.
+    config: str | None = None
+    config_revision: str | None = None
+    config_sha256: str | None = Field(None, description="digest of the config folder (catalog.configs_sha256)")
+    gpu: GpuOptions = GpuOptions()
 
     @property
     def from_hub(self) -> bool:
@@ -243,17 +261,20 @@ LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 
 def _confine(entry, directory: Path, roots: list[Path], path: Path):
-    """The entry with its local source made absolute, if it lies under an allowed root."""
-    if not entry.source.startswith(LOCAL_PREFIXES):
-        return entry
-    source = (directory / Path(entry.source).expanduser()).resolve()
-    if not any(source.is_relative_to(root) for root in roots):
-        raise PolicyError(f"{path}: {entry.id!r} source {entry.source!r} lies outside the allowed weights "
-                          f"folders ({', '.join(map(str, roots)) or 'none'}; see local_weights_roots in models.yaml)")
-    update = {"source": str(source)}
-    if getattr(entry, "manifest", None):
+    """The entry with its local paths (source, config, manifest) made absolute, if they lie under an allowed root."""
+    update = {}
+    for field in ("source", "config"):
+        value = getattr(entry, field, None)
+        if not value or not value.startswith(LOCAL_PREFIXES):
+            continue
+        local = (directory / Path(value).expanduser()).resolve()
+        if not any(local.is_relative_to(root) for root in roots):
+            raise PolicyError(f"{path}: {entry.id!r} {field} {value!r} lies outside the allowed weights folders "
+                              f"({', '.join(map(str, roots)) or 'none'}; see local_weights_roots in models.yaml)")
+        update[field] = str(local)
+    if "source" in update and getattr(entry, "manifest", None):
         update["manifest"] = str((directory / entry.manifest).resolve())
-    return entry.model_copy(update=update)
+    return entry.model_copy(update=update) if update else entry
 
 
 def load_policies(directory: Path) -> Policies:

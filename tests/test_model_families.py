@@ -22,7 +22,7 @@ from ldm_batch.audit import AuditLog
 from ldm_batch.catalog import weights_sha256
 from ldm_batch.cli import app
 from ldm_batch.demo_kit.tiny_families import (build_tiny_flux, build_tiny_lora, build_tiny_pixart, build_tiny_sd3,
-                                              build_tiny_sdxl, kohya_copy)
+                                              build_tiny_sdxl, kohya_copy, kohya_sgm_copy)
 from ldm_batch.storage import ObjectStore
 
 # model id -> (builder, catalog fields beyond the common ones, whether a brand LoRA is added)
@@ -61,11 +61,13 @@ def family_catalog(request, tmp_path, monkeypatch):
         (policies / "brands" / "house.yaml").write_text(yaml.safe_dump({"id": "house", "loras": [{
             "id": f"{model_id}-house", "source": f"./loras/{model_id}-house", "sha256": weights_sha256(lora),
             "base_model": model_id, "license": LICENSE}]}))
-        if model_id == "tiny-sdxl":
+        if model_id == "tiny-sdxl":  # the same LoRA as Kohya files: diffusers block names, and SGM's
             kohya_copy(lora, policies / "loras" / "house-kohya.safetensors")
-            (policies / "brands" / "kohya.yaml").write_text(yaml.safe_dump({"id": "kohya", "loras": [{
-                "id": "house-kohya", "source": "./loras/house-kohya.safetensors", "base_model": model_id,
-                "sha256": weights_sha256(policies / "loras" / "house-kohya.safetensors"), "license": LICENSE}]}))
+            kohya_sgm_copy(policies / "models" / model_id, lora, policies / "loras" / "house-sgm.safetensors")
+            for brand in ("kohya", "sgm"):
+                (policies / "brands" / f"{brand}.yaml").write_text(yaml.safe_dump({"id": brand, "loras": [{
+                    "id": f"house-{brand}", "source": f"./loras/house-{brand}.safetensors", "base_model": model_id,
+                    "sha256": weights_sha256(policies / "loras" / f"house-{brand}.safetensors"), "license": LICENSE}]}))
     monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
     monkeypatch.setenv("LDM_BATCH_ORGANISATION_REVENUE_USD", "250000")  # under SD 3.5's threshold
     return model_id
@@ -79,10 +81,11 @@ def test_each_family_runs_through_the_flow_with_its_lora_and_reproduces(prefect_
                      f"plain,a red circle on a white background,,{family_catalog},2,11\n"
                      + (f"branded,a red circle on a white background,house,{family_catalog},2,11\n" if with_lora else "")
                      + (f"kohya,a red circle on a white background,kohya,{family_catalog},2,11\n"
+                        f"sgm,a red circle on a white background,sgm,{family_catalog},2,11\n"
                         if family_catalog == "tiny-sdxl" else ""))
     result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "family", "--json"])
     assert result.exit_code == 0, result.output
-    images = (6 if family_catalog == "tiny-sdxl" else 4) if with_lora else 2
+    images = (8 if family_catalog == "tiny-sdxl" else 4) if with_lora else 2
     summary = json.loads(result.stdout.splitlines()[-1])
     assert summary["images_generated"] == images and summary["images_failed"] == 0
     records = AuditLog(settings.audit_url).query(campaign="family", kind="image")
@@ -100,9 +103,10 @@ def test_each_family_runs_through_the_flow_with_its_lora_and_reproduces(prefect_
         plain_pixels = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] is None}
         assert all(plain_pixels.get(r["seed"]) != r["pixels_sha256"] for r in branded)  # the LoRA acts
         checked.append(branded[-1])
-    if family_catalog == "tiny-sdxl":  # the Kohya file is the same LoRA: the same pixels
-        kohya = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] == "kohya"}
-        assert kohya == {r["seed"]: r["pixels_sha256"] for r in branded}
+    if family_catalog == "tiny-sdxl":  # the Kohya files are the same LoRA: the same pixels
+        for brand in ("kohya", "sgm"):
+            kohya = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] == brand}
+            assert kohya == {r["seed"]: r["pixels_sha256"] for r in branded}, brand
     for record in checked:
         reproduced = CliRunner().invoke(app, ["audit", "reproduce", record["image_key"], "--json"])
         assert reproduced.exit_code == 0, reproduced.output
@@ -121,3 +125,118 @@ def test_a_hub_model_at_a_moving_revision_is_refused_before_generation(prefect_h
     assert "stabilityai/stable-diffusion-xl-base-1.0: a hub id must be pinned to a commit" in error["error"]
     assert "revision 'main'" in error["error"]
     assert AuditLog(settings.audit_url).query(campaign="xl", kind="image") == []
+
+
+def _catalog_with(policies: Path, *entries: dict) -> None:
+    catalog = yaml.safe_load((policies / "models.yaml").read_text())
+    catalog["local_weights_roots"].append("models")
+    catalog["models"] += [{"kind": "diffusion", "revision": "test-build", "license": LICENSE,
+                           "defaults": {"width": 32, "height": 32, "steps": 4, "guidance": 5.0}, **entry}
+                          for entry in entries]
+    (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+
+
+def _brand(policies: Path, brand: str, lora_id: str, source: str, base_model: str) -> None:
+    (policies / "brands" / f"{brand}.yaml").write_text(yaml.safe_dump({"id": brand, "loras": [{
+        "id": lora_id, "source": f"./{source}", "sha256": weights_sha256(policies / source), "base_model": base_model,
+        "license": LICENSE}]}))
+
+
+def test_a_single_file_sdxl_checkpoint_runs_with_its_named_configs_and_reproduces(prefect_harness, settings,
+                                                                                 tmp_path, monkeypatch):
+    """SDXL as users download it: one .safetensors in Stability's original key layout, which does
+    not say its architecture; the catalog entry names the family's configs (a pinned folder). Its
+    weights load equal to the diffusers folder's, a Kohya LoRA applies, and images reproduce."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from ldm_batch.catalog import file_digests, folder_sha256
+    from ldm_batch.demo_kit.tiny_families import single_file_copy
+    from ldm_batch.generate import load_pipeline
+    from ldm_batch.policies import load_policies
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    models = policies / "models"
+    build_tiny_sdxl(models / "xl-folder")
+    single_file_copy(models / "xl-folder", models / "xl.safetensors", models / "xl-configs")
+    build_tiny_lora(models / "xl-folder", policies / "loras" / "xl-house")
+    kohya_copy(policies / "loras" / "xl-house", policies / "loras" / "xl-house.safetensors")
+    file_entry = {"id": "xl-file", "source": "./models/xl.safetensors", "sha256": weights_sha256(models / "xl.safetensors"),
+                  "config": "./models/xl-configs", "config_sha256": folder_sha256(file_digests(models / "xl-configs"))}
+    _catalog_with(policies, file_entry, {"id": "xl-no-configs", "source": "./models/xl.safetensors",
+                                         "sha256": file_entry["sha256"]})
+    _brand(policies, "house", "xl-house-kohya", "loras/xl-house.safetensors", "xl-file")
+    monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
+
+    catalog = load_policies(policies).models
+    pipe, _ = load_pipeline(catalog["xl-file"], torch.float32)
+    folder = StableDiffusionXLPipeline.from_pretrained(models / "xl-folder")
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(pipe, part).state_dict(), getattr(folder, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
+
+    sheet = tmp_path / "file.csv"
+    sheet.write_text("asset_id,prompt,brand,model,variants,seed\n"
+                     "plain,a red circle on a white background,,xl-file,1,5\n"
+                     "branded,a red circle on a white background,house,xl-file,1,5\n")
+    result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "single-file", "--json"])
+    assert result.exit_code == 0, result.output
+    records = AuditLog(settings.audit_url).query(campaign="single-file", kind="image")
+    assert {r["model_sha256"] for r in records} == {file_entry["sha256"]} and len(records) == 2
+    assert records[0]["pixels_sha256"] != records[1]["pixels_sha256"]  # the Kohya LoRA acts on the file's UNet
+    for record in records:
+        reproduced = CliRunner().invoke(app, ["audit", "reproduce", record["image_key"], "--json"])
+        assert reproduced.exit_code == 0 and json.loads(reproduced.stdout)["identical"], reproduced.output
+
+    # without its configs a single file is refused with what to add, and nothing is generated
+    sheet.write_text("asset_id,prompt,model\nbare,a red circle on a white background,xl-no-configs\n")
+    result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "bare-file", "--json"])
+    assert result.exit_code != 0
+    assert "single-file checkpoint; name its family's diffusers configs" in result.output
+    assert not [r for r in AuditLog(settings.audit_url).query(campaign="bare-file", kind="image")
+                if r["status"] != "failed"]
+    # changed configs are refused like changed weights
+    (models / "xl-configs" / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
+    with pytest.raises(Exception, match="configs sha256 .* does not match the catalog's config_sha256"):
+        load_pipeline(load_policies(policies).models["xl-file"], torch.float32)
+
+
+def test_lora_hotswap_switches_brands_in_one_slot_with_the_pixels_of_set_adapters(tmp_path):
+    """gpu.lora_hotswap_rank: brands replace one adapter's weights in place (so a compiled
+    denoiser is not recompiled on GPU); the images are those of the usual one-adapter-per-brand way."""
+    import numpy as np
+
+    from ldm_batch.generate import ImageGenerator
+    from ldm_batch.plan import group_batches, plan_row
+    from ldm_batch.policies import load_policies
+    from ldm_batch.sheets import PromptRow
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    build_tiny_sdxl(policies / "models" / "xl")
+    sha = weights_sha256(policies / "models" / "xl")
+    _catalog_with(policies, {"id": "xl", "source": "./models/xl", "sha256": sha},
+                  {"id": "xl-swap", "source": "./models/xl", "sha256": sha, "gpu": {"lora_hotswap_rank": 8}})
+    for seed, brand in ((1, "acme2"), (2, "globex2")):
+        build_tiny_lora(policies / "models" / "xl", policies / "loras" / brand, seed=seed)
+        for model in ("xl", "xl-swap"):
+            _brand(policies, f"{brand}-{model}", f"{brand}-{model}", f"loras/{brand}", model)
+    loaded = load_policies(policies)
+
+    def images(model: str) -> tuple[list, ImageGenerator]:
+        generator, out = ImageGenerator(loaded, "cpu"), []
+        for brand in ("acme2", "globex2", "acme2", ""):
+            row = PromptRow(row=2, asset_id=f"a{brand}", prompt="a red circle", brand=f"{brand}-{model}" if brand else None,
+                           model=model, variants=1, seed=3)
+            for batch in group_batches(plan_row(row, "c", loaded), 1):
+                out += [np.asarray(g.image, dtype=np.int16) for g in generator.generate(batch)]
+        return out, generator
+
+    usual, _ = images("xl")
+    swapped, generator = images("xl-swap")
+    assert generator.loads["lora:acme2-xl-swap"] == 2  # swapped back in, in the one slot
+    assert len(generator.pipeline("xl-swap")[0].get_list_adapters()["unet"]) == 1
+    assert not np.array_equal(usual[0], usual[1])  # the brands differ
+    for a, b in zip(usual, swapped):
+        assert np.abs(a - b).max() <= 2  # rank padding changes only the last bits of the sums

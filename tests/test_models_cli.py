@@ -85,3 +85,39 @@ def test_an_add_that_would_break_the_catalog_changes_nothing(policies_copy):
     assert catalog.read_text() == text and not (policies_copy / "models.lock.json").exists()
     assert cli("models", "add", weights, "--id", "h2", "--license", "MIT", "--license-url", "https://x",
                "--commercial-use", "--kind", "video").exit_code == 2
+
+
+def test_add_a_single_file_checkpoint_with_its_configs_and_run_it(policies_copy, prefect_harness, settings, tmp_path):
+    """The demo model as one original-layout .safetensors: `models add` wants its family's
+    configs, pins both, `models list` names its family from them, and a sheet runs on it."""
+    from ldm_batch.demo_kit.tiny_families import single_file_copy
+
+    kit = REPO / "ldm_batch" / "demo_kit" / "weights" / "demo-tiny-sd"
+    (policies_copy / "loras").mkdir(exist_ok=True)
+    single_file_copy(kit, policies_copy / "loras" / "kit.safetensors", policies_copy / "loras" / "kit-configs")
+    base = ("models", "add", policies_copy / "loras" / "kit.safetensors", "--id", "kit-file", "--license",
+            "Apache-2.0", "--license-url", "https://www.apache.org/licenses/LICENSE-2.0", "--commercial-use")
+    bare = cli(*base)
+    assert bare.exit_code == 2 and "pass --configs" in " ".join(bare.output.split())
+    added = cli(*base, "--configs", policies_copy / "loras" / "kit-configs", "--json")
+    assert added.exit_code == 0, added.output
+    entry = load_policies(policies_copy).models["kit-file"]
+    assert entry.config == str(policies_copy / "loras" / "kit-configs") and entry.config_sha256
+    listed = {row["id"]: row for row in map(json.loads, cli("models", "list", "--json").stdout.splitlines())}
+    assert listed["kit-file"]["family"] == "StableDiffusionPipeline" and listed["kit-file"]["present"]
+    assert cli("models", "verify", "kit-file").exit_code == 0
+
+    (tmp_path / "s.csv").write_text("asset_id,prompt,model,seed,width,height\n"  # `models add` leaves SD's 512 px
+                                    "k-1,a red circle on a white background,kit-file,4,32,32\n"
+                                    "k-2,a red circle on a white background,,4,32,32\n")
+    run = cli("run", tmp_path / "s.csv", "--campaign", "kit-file", "--json")
+    assert run.exit_code == 0, run.output
+    from ldm_batch.audit import AuditLog
+
+    records = {r["asset_id"]: r for r in AuditLog(settings.audit_url).query(campaign="kit-file", kind="image")}
+    assert records["k-1"]["model_id"] == "kit-file" and records["k-2"]["model_id"] == "demo-tiny-sd"
+
+    tokenizer = policies_copy / "loras" / "kit-configs" / "tokenizer" / "tokenizer_config.json"
+    tokenizer.write_text(tokenizer.read_text().replace("}", ', "model_max_length": 8}', 1))
+    verified = cli("models", "verify", "kit-file", "--json")
+    assert verified.exit_code == 1 and "config_sha256" in json.loads(verified.stdout)["problems"][-1]

@@ -28,11 +28,18 @@ def _policies(inv: Invocation):
         abort(exc, inv.as_json)
 
 
-def _family(path: Path | None) -> str | None:
+def _family(entry, path: Path | None) -> str | None:
+    """The pipeline class of a diffusers folder, or of a single file's named configs."""
     if path is None:
         return None
     if path.is_file():
-        return "single file"
+        if not entry.config:
+            return "single file"
+        from ldm_batch.catalog_lock import local_configs
+
+        path = local_configs(entry)
+        if path is None:
+            return "single file"
     index = path / "model_index.json"
     return json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index.exists() else None
 
@@ -50,7 +57,7 @@ def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     rows = []
     for entry in policies.models.values():
         path = local_weights(entry)
-        rows.append({"id": entry.id, "kind": entry.kind, "family": _family(path), "source": entry.source,
+        rows.append({"id": entry.id, "kind": entry.kind, "family": _family(entry, path), "source": entry.source,
                      "revision": entry.revision,
                      "pinned": bool(PINNED_REVISION.fullmatch(entry.revision or "")) if entry.from_hub
                      else entry.sha256 is not None,
@@ -77,9 +84,15 @@ def models_add(
     commercial_use: Annotated[bool, typer.Option("--commercial-use/--non-commercial",
                                                  help="Whether the license allows commercial campaigns")],
     kind: Annotated[str, typer.Option(help="diffusion, clip, text or nsfw")] = "diffusion",
+    configs: Annotated[Path | None, typer.Option(
+        "--configs", exists=True, file_okay=False,
+        help="For a single-file checkpoint: a folder with its family's diffusers configs (model_index.json, "
+             "component configs, scheduler, tokenizers) under local_weights_roots")] = None,
     config: ConfigOption = None, as_json: JsonOption = False,
 ) -> None:
-    """Register local weights: their sha256 into models.yaml, every file's into the lock."""
+    """Register local weights: their sha256 into models.yaml, every file's into the lock. A
+    single-file checkpoint needs --configs for a diffusion model."""
+    from ldm_batch.catalog import file_digests, folder_sha256
     from ldm_batch.catalog_lock import LOCK_NAME, check_addable, locked, read_lock, write_lock
     from ldm_batch.policies import License, ModelEntry, load_policies
     from ldm_batch.problems import Refused
@@ -95,15 +108,23 @@ def models_add(
         if kind not in get_args(ModelEntry.model_fields["kind"].annotation):
             fail(f"--kind {kind!r}: use diffusion, clip, text or nsfw", 2, as_json)
         catalog = yaml.safe_load((policies_dir / "models.yaml").read_text(encoding="utf-8"))
+        roots = catalog.get("local_weights_roots", [])
         try:
-            source = check_addable(path, policies_dir, catalog.get("local_weights_roots", []))
+            source = check_addable(path, policies_dir, roots)
+            if path.is_file() and kind == "diffusion" and configs is None:
+                fail(f"{path}: a single-file checkpoint does not always say its architecture; pass --configs with "
+                     "a folder of its family's diffusers configs (the family's model folder without its weights)",
+                     2, as_json)
+            config_fields = {} if configs is None else {
+                "config": check_addable(configs, policies_dir, roots, configs=True),
+                "config_sha256": folder_sha256(file_digests(configs))}
         except Refused as exc:
             abort(exc, as_json)
         entry = ModelEntry(id=model_id, kind=kind, source=source, revision=None,
                            license=License(id=license_id, url=license_url, commercial_use=commercial_use))
         lock = read_lock(policies_dir)
         lock[model_id] = locked(entry, path.resolve(), source)
-        fields = {"id": model_id, "kind": kind, "source": source, "sha256": lock[model_id].sha256,
+        fields = {"id": model_id, "kind": kind, "source": source, "sha256": lock[model_id].sha256, **config_fields,
                   "license": entry.license.model_dump()}
         catalog_path = policies_dir / "models.yaml"  # appended to (`models` is its last key): comments stay
         text = catalog_path.read_text(encoding="utf-8")
