@@ -159,8 +159,8 @@ def record_failures(failed: list, run: RunContext, settings: Settings) -> list[I
 @flow(name="campaign-batch")
 def campaign_batch(sheet: str, campaign: str | None = None,
                    use: Literal["commercial", "non-commercial"] = "commercial",
-                   skip_invalid_rows: bool = False) -> RunSummary:
-    """Run one campaign sheet; returns what the run did."""
+                   skip_invalid_rows: bool = False, started_by: str | None = None) -> RunSummary:
+    """Run one campaign sheet; returns what the run did. `started_by`: the console author."""
     check_campaign_name(campaign)
     settings = current_settings()
     parts = Parts.of(settings)
@@ -172,7 +172,7 @@ def campaign_batch(sheet: str, campaign: str | None = None,
     rows = screen_text(parsed, settings)
     run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or sheet_stem(parsed.name), use=use,
                      sheet=parsed.name)
-    parts.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256)
+    parts.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256, by=started_by)
     summary = RunSummary(run_id=run.run_id, campaign=run.campaign, sheet=parsed.name, rows=len(parsed.rows),
                          skipped=[p for row in parsed.skipped for p in row.problems],
                          currency=parts.policies.costs.currency, bucket=settings.s3_bucket)

@@ -46,7 +46,7 @@ def _run(inbox: Inbox, sheet: InboxSheet) -> tuple[str, dict]:
     if problems := inbox.problems(sheet):
         return _reject(inbox, sheet, problems)
     try:
-        summary = campaign_batch(sheet=sheet.uri, campaign=sheet.campaign, use=sheet.use)
+        summary = campaign_batch(sheet=sheet.uri, campaign=sheet.campaign, use=sheet.use, started_by=sheet.submitted_by)
     except Refused as exc:
         return _reject(inbox, sheet, exc.problems, campaign=sheet.campaign)
     except Exception as exc:  # not the sheet's fault: try again next sweep

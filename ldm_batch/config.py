@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # The organisation's annual revenue (USD), declared for licenses that allow commercial use only
     # under a threshold (the Stability AI Community License: 1,000,000); none: such runs are refused.
     organisation_revenue_usd: int | None = None
+    # The most a campaign started from the console may cost (in costs.yaml's currency), by the
+    # estimate from recorded images of the same model and size; none: no limit.
+    campaign_budget: float | None = None
     # C2PA signing of every stored PNG: a PEM certificate chain (signer first) and its PKCS8 key.
     c2pa_certificate: Path | None = None
     c2pa_private_key: Path | None = None

@@ -39,6 +39,7 @@ class InboxSheet:
     campaign: str  # from the submitter (object metadata), else the sheet's name
     use: str
     uri: str
+    submitted_by: str | None = None  # the console author who started it
 
     @property
     def name(self) -> str:
@@ -50,14 +51,16 @@ class Inbox:
         self.store = store
         self.prefix = prefix
 
-    def submit(self, name: str, data: bytes, campaign: str | None = None, use: str = "commercial") -> InboxSheet:
+    def submit(self, name: str, data: bytes, campaign: str | None = None, use: str = "commercial",
+               submitted_by: str | None = None) -> InboxSheet:
         """Put a sheet into the inbox, named by its digest so two people's `spring.csv` differ.
         An identical submission that still waits is left as it is: one object is enough."""
         sha = hashlib.sha256(data).hexdigest()
         key = f"{self.prefix}{sha[:12]}-{name}"
-        metadata = {"campaign": campaign or sheet_stem(name), "use": use, "sha256": sha}
+        metadata = {"campaign": campaign or sheet_stem(name), "use": use, "sha256": sha} | (
+            {"submitted-by": submitted_by} if submitted_by else {})
         self.store.put_new(key, data, metadata)
-        return InboxSheet(key, sha, metadata["campaign"], use, self._uri(key))
+        return InboxSheet(key, sha, metadata["campaign"], use, self._uri(key), submitted_by)
 
     def waiting(self, keys: list[str] | None = None) -> list[InboxSheet]:
         """Sheets in the inbox, oldest first (all of them, or those of `keys`)."""
@@ -70,7 +73,7 @@ class Inbox:
         sha = self.store.sha256(key)  # metadata can lie; the bytes cannot
         name = PurePosixPath(key).name
         return InboxSheet(key, sha, metadata.get("campaign") or sheet_stem(name),
-                          metadata.get("use", "commercial"), self._uri(key))
+                          metadata.get("use", "commercial"), self._uri(key), metadata.get("submitted-by"))
 
     def claim(self, sheet: InboxSheet, by: str) -> bool:
         """Take a sheet for one run; False when some sweep took these bytes before."""

@@ -141,7 +141,7 @@ class AuditLog:
     def start_run(self, run_id: str, campaign: str, sheet: str, sheet_sha256: str, by: str | None = None) -> None:
         """A new run in the `runs` table, and its start in the chain."""
         run = Run(id=run_id, campaign=campaign, sheet=sheet, sheet_sha256=sheet_sha256, status="running",
-                  started_at=now(), finished_at=None, summary=None)
+                  started_at=now(), finished_at=None, summary=None, started_by=by)
         with Session(self.engine) as session, session.begin():
             session.add(run)
             self._append(session, [_run_record(run)])
@@ -166,6 +166,7 @@ class AuditLog:
     def runs(self) -> list[dict]:
         with Session(self.engine) as session:
             return [{"run_id": r.id, "campaign": r.campaign, "sheet": r.sheet, "status": r.status,
+                     "sheet_sha256": r.sheet_sha256, "started_by": r.started_by,
                      "started_at": r.started_at.isoformat(), "summary": json.loads(r.summary or "{}")}
                     for r in session.scalars(select(Run).order_by(Run.started_at))]
 
@@ -344,16 +345,19 @@ def _run_record(run: Run) -> AuditRecord:
         kind="run", run_id=run.id, campaign=run.campaign, sheet=run.sheet, sheet_row=0, asset_id="",
         decision=run.status, prompt="", text_verdict={}, created_at=now().isoformat(),
         metadata={"sheet_sha256": run.sheet_sha256, "started_at": _utc(run.started_at),
-                  "finished_at": _utc(run.finished_at), "summary": run.summary})
+                  "finished_at": _utc(run.finished_at), "summary": run.summary}
+        | ({"started_by": run.started_by} if run.started_by else {}))
 
 
 def _run_problem(run: Run, recorded: dict | None) -> str | None:
     if recorded is None:
         return "not in the hash chain (added or edited outside the pipeline, or made before run records)"
     state = {"campaign": run.campaign, "sheet": run.sheet, "status": run.status, "sheet_sha256": run.sheet_sha256,
-             "started_at": _utc(run.started_at), "finished_at": _utc(run.finished_at), "summary": run.summary}
+             "started_at": _utc(run.started_at), "finished_at": _utc(run.finished_at), "summary": run.summary,
+             "started_by": run.started_by}
     hashed = {"campaign": recorded["campaign"], "sheet": recorded["sheet"], "status": recorded["decision"],
-              **{k: recorded["metadata"].get(k) for k in ("sheet_sha256", "started_at", "finished_at", "summary")}}
+              **{k: recorded["metadata"].get(k) for k in ("sheet_sha256", "started_at", "finished_at", "summary",
+                                                          "started_by")}}
     changed = [name for name in state if state[name] != hashed[name]]
     return f"{', '.join(changed)} differ from the hashed run record" if changed else None
 

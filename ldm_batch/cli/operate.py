@@ -54,7 +54,8 @@ def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.
             secure_cookies: Annotated[bool, typer.Option("--secure-cookies", help="Mark session cookies Secure "
                                                          "(on when served over HTTPS)")] = False,
             config: ConfigOption = None) -> None:
-    """Serve the reviewer console (runs, images, lineage, review queue, export)."""
+    """Serve the console: authors' campaigns (upload, check, start, watch, download, schedules) and
+    reviewers' runs, images, lineage, review queue and export."""
     import uvicorn
 
     from ldm_batch.console.app import create_app
@@ -62,27 +63,34 @@ def console(host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.
 
     with Invocation(config) as inv:
         if not Reviewers(inv.settings.home / "reviewers.json").names():
-            fail("no reviewers yet; add one with `ldm-batch reviewer add NAME`", 2)
+            fail("no accounts yet; add one with `ldm-batch reviewer add NAME [--role author|reviewer|admin]`", 2)
+        from ldm_batch.orchestration import configure_prefect
+
+        configure_prefect(inv.settings.home)  # runs started from the console are Prefect flow runs
         settings = inv.store()
         out.print(f"console on http://{host}:{port}/ (Ctrl-C stops it)")
         uvicorn.run(create_app(settings, secure_cookies), host=host, port=port, log_level="warning")
 
 
 @reviewer_app.command("add")
-def reviewer_add(name: Annotated[str, typer.Argument(help="The reviewer's name, as audit records will show it")],
+def reviewer_add(name: Annotated[str, typer.Argument(help="The account's name, as audit records will show it")],
                  password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+                 role: Annotated[list[str] | None, typer.Option(
+                     "--role", help="author (uploads and runs sheets), reviewer (reviews), admin (manages accounts); "
+                                    "repeat for several; default: reviewer, or the account's roles")] = None,
                  config: ConfigOption = None) -> None:
-    """Add a reviewer (or set a new password); only a hash of the password is stored."""
+    """Add a console account (or set a new password); only a hash of the password is stored."""
     from ldm_batch.console.reviewers import Reviewers
 
     with Invocation(config) as inv:
         password = sys.stdin.readline().rstrip("\n") if password_stdin else typer.prompt(
             "Password", hide_input=True, confirmation_prompt=True)
         try:
-            Reviewers(inv.settings.home / "reviewers.json").add(name, password)
+            accounts = Reviewers(inv.settings.home / "reviewers.json")
+            accounts.add(name, password, role or None)
         except ValueError as exc:
             fail(str(exc), 2)
-    print_data(f"reviewer {name} can sign in to the console")
+    print_data(f"{name} ({', '.join(accounts.roles(name))}) can sign in to the console")
 
 
 @reviewer_app.command("remove")

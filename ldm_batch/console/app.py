@@ -26,12 +26,15 @@ from ldm_batch.audit.export import export_bytes
 from ldm_batch.audit.seal import Sealer
 from ldm_batch.audit.lineage import lineage, lineage_rows
 from ldm_batch.config import Settings
-from ldm_batch.console.reviewers import Reviewers
+from ldm_batch.console.campaigns import Console, router
+from ldm_batch.console.csrf import check_csrf, csrf_token
+from ldm_batch.console.reviewers import ROLES, Reviewers
 from ldm_batch.console.throttle import LoginThrottle
 from ldm_batch.policies import load_policies
 from ldm_batch.problems import Refused
 from ldm_batch.provenance_check import check_file
 from ldm_batch.review import ReviewError, decide
+from ldm_batch.safety.text import TextScreen
 from ldm_batch.storage import ObjectStore
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -48,21 +51,27 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
     log.migrate()
     reviewers = Reviewers(settings.home / "reviewers.json")
     throttle = LoginThrottle()
-    watermark = load_policies(settings.policies_dir).provenance.watermark
+    policies = load_policies(settings.policies_dir)
+    watermark = policies.provenance.watermark
     anchors = settings.c2pa_trust_anchors.read_text() if settings.c2pa_trust_anchors else None
     app = FastAPI(title="ldm-batch console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SessionMiddleware, secret_key=_session_key(settings.home), same_site="strict",
                        max_age=8 * 3600, https_only=secure_cookies)
 
     def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+        name = request.session.get("reviewer")
         return TEMPLATES.TemplateResponse(request, template, {
-            "reviewer": request.session.get("reviewer"), "csrf": _csrf(request), **context}, status_code=status_code)
+            "reviewer": name, "roles": reviewers.roles(name) if name else [], "csrf": csrf_token(request),
+            **context}, status_code=status_code)
 
-    def signed_in(request: Request) -> str:
+    def signed_in(request: Request, *roles: str) -> str:
+        """The signed-in account's name; 403 unless it holds one of `roles` (any role if none named)."""
         name = request.session.get("reviewer")
         if not name or reviewers.session(name) != request.session.get("session"):
             request.session.clear()  # signed out, new password, or the account was removed
             raise HTTPException(303, headers={"Location": "/login"})
+        if roles and not set(roles) & set(reviewers.roles(name)):
+            raise HTTPException(403, f"this page needs the {' or '.join(roles)} role; {name} does not have it")
         return name
 
     def link(key: str | None) -> str | None:
@@ -74,7 +83,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.post("/login")
     def login(request: Request, name: str = Form(...), password: str = Form(...), csrf: str = Form("")):
-        _check_csrf(request, csrf)
+        check_csrf(request, csrf)
         address = request.client.host if request.client else "unknown"
         if wait := throttle.wait_seconds(name, address):
             response = page(request, "login.html", 429, error=f"too many failed sign-ins; try again in "
@@ -91,7 +100,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.post("/logout")
     def logout(request: Request, csrf: str = Form("")):
-        _check_csrf(request, csrf)
+        check_csrf(request, csrf)
         if name := request.session.get("reviewer"):
             reviewers.end_sessions(name)  # a copy of the cookie stops working too
         request.session.clear()
@@ -99,7 +108,9 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def runs(request: Request):
-        signed_in(request)
+        name = signed_in(request)
+        if "reviewer" not in reviewers.roles(name):  # an author's home is their campaigns
+            return RedirectResponse("/campaigns" if "author" in reviewers.roles(name) else "/accounts", 303)
         rows = []
         for run in reversed(log.runs()):
             summary = run["summary"]
@@ -112,7 +123,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/images", response_class=HTMLResponse)
     def images(request: Request):
-        signed_in(request)
+        signed_in(request, "reviewer")
         chosen = {name: request.query_params.get(name, "").strip() for name in FILTERS}
         found = _images(log, chosen)
         tiles = [{**r, "url": link(r["s3_key"])} for r in found]
@@ -120,7 +131,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/image", response_class=HTMLResponse)
     def image(request: Request, key: str):
-        signed_in(request)
+        signed_in(request, "reviewer")
         records = log.query(image_key=key)
         if not records:
             raise HTTPException(404, f"no image {key!r} in the audit log")
@@ -134,13 +145,13 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/provenance", response_class=HTMLResponse)
     def provenance_form(request: Request):
-        signed_in(request)
+        signed_in(request, "reviewer")
         return page(request, "provenance.html", result=None, error=None)
 
     @app.post("/provenance", response_class=HTMLResponse)
     async def provenance(request: Request, file: UploadFile, csrf: str = Form("")):
-        signed_in(request)
-        _check_csrf(request, csrf)
+        signed_in(request, "reviewer")
+        check_csrf(request, csrf)
         data = await file.read(MAX_UPLOAD + 1)
         if len(data) > MAX_UPLOAD:
             return page(request, "provenance.html", 413, result=None,
@@ -153,15 +164,15 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/review", response_class=HTMLResponse)
     def review_queue(request: Request, error: str | None = None):
-        signed_in(request)
+        signed_in(request, "reviewer")
         queue = [{**r.model_dump(), "url": link(r.s3_key)} for r in log.review_queue()]
         return page(request, "review.html", queue=queue, error=error)
 
     @app.post("/review")
     def review(request: Request, key: str = Form(...), decision: str = Form(...), reason: str = Form(""),
                csrf: str = Form("")):
-        name = signed_in(request)
-        _check_csrf(request, csrf)
+        name = signed_in(request, "reviewer")
+        check_csrf(request, csrf)
         if decision not in ("approve", "reject"):
             raise HTTPException(400, "decision must be approve or reject")
         try:
@@ -173,7 +184,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
 
     @app.get("/export")
     def export(request: Request, fmt: str = "csv"):
-        signed_in(request)
+        signed_in(request, "reviewer")
         if fmt not in MEDIA_TYPES:
             raise HTTPException(400, "fmt must be csv or parquet")
         chosen = {name: request.query_params.get(name, "").strip() for name in FILTERS}
@@ -182,6 +193,29 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         return Response(data, media_type=MEDIA_TYPES[fmt],
                         headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.{fmt}"'})
 
+    @app.get("/accounts", response_class=HTMLResponse)
+    def accounts(request: Request, error: str | None = None, status_code: int = 200):
+        signed_in(request, "admin")
+        return page(request, "accounts.html", status_code, accounts=reviewers.accounts(), all_roles=ROLES, error=error)
+
+    @app.post("/accounts")
+    def account_change(request: Request, action: str = Form(...), name: str = Form(...), password: str = Form(""),
+                       roles: list[str] = Form([]), csrf: str = Form("")):
+        admin = signed_in(request, "admin")
+        check_csrf(request, csrf)
+        try:
+            if action == "remove":
+                if name == admin:
+                    raise ValueError("you cannot remove your own account")
+                reviewers.remove(name)  # their sessions end at once
+            else:
+                reviewers.add(name, password, roles)
+        except ValueError as exc:
+            return accounts(request, str(exc), 400)
+        return RedirectResponse("/accounts", 303)
+
+    app.include_router(router(Console(settings, store, log, policies, TextScreen(policies, settings.policies_dir),
+                                      page, signed_in, link)))
     return app
 
 
@@ -218,17 +252,6 @@ def _moment(value: str) -> datetime | None:
     except ValueError:
         raise HTTPException(400, f"{value!r} is not a date (YYYY-MM-DD)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _csrf(request: Request) -> str:
-    if "csrf" not in request.session:
-        request.session["csrf"] = secrets.token_urlsafe(32)
-    return request.session["csrf"]
-
-
-def _check_csrf(request: Request, token: str) -> None:
-    if not token or not secrets.compare_digest(token, request.session.get("csrf", "")):
-        raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
 
 
 def _session_key(home: Path) -> str:

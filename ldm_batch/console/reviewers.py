@@ -1,5 +1,9 @@
-"""Reviewer accounts: names with argon2 password hashes and a session version, in
+"""Console accounts: names with argon2 password hashes, roles and a session version, in
 `<home>/reviewers.json` (0600).
+
+Roles: `author` uploads and runs sheets and sees their own campaigns' delivered images;
+`reviewer` does the review work (runs, images, lineage, the queue, export); `admin` manages
+accounts. An account may hold several; one made before roles existed is a reviewer.
 
 A console session names its reviewer and the session version it was made under. Signing
 out, a new password and removing the account each end that reviewer's sessions at once:
@@ -24,6 +28,7 @@ from ldm_batch.sheets import SAFE_NAME
 HASHER = PasswordHasher()
 MIN_PASSWORD = 12
 CONCURRENT_CHECKS = threading.BoundedSemaphore(2)
+ROLES = ("author", "reviewer", "admin")
 
 
 class Reviewers:
@@ -34,7 +39,8 @@ class Reviewers:
     def _load(self) -> dict[str, dict]:
         accounts = json.loads(self.path.read_text()) if self.path.exists() else {}
         # files written before session versions held the hash alone
-        return {name: {"hash": a, "session": 0} if isinstance(a, str) else a for name, a in accounts.items()}
+        accounts = {name: {"hash": a, "session": 0} if isinstance(a, str) else a for name, a in accounts.items()}
+        return {name: {"roles": ["reviewer"], **a} for name, a in accounts.items()}
 
     def _save(self, accounts: dict[str, dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,16 +50,20 @@ class Reviewers:
             json.dump(accounts, f, indent=1)
         os.replace(temporary, self.path)
 
-    def add(self, name: str, password: str) -> None:
-        """Add a reviewer, or set a new password (which ends their open sessions)."""
+    def add(self, name: str, password: str, roles: list[str] | None = None) -> None:
+        """Add an account, or set a new password (which ends their open sessions); `roles`
+        replaces the account's roles (None keeps them; a new account is then a reviewer)."""
         if not SAFE_NAME.match(name):
-            raise ValueError(f"reviewer name {name!r}: use 1-128 letters, digits, '.', '_' or '-'")
+            raise ValueError(f"account name {name!r}: use 1-128 letters, digits, '.', '_' or '-'")
         if len(password) < MIN_PASSWORD:
             raise ValueError(f"the password needs at least {MIN_PASSWORD} characters")
+        if roles is not None and (not roles or set(roles) - set(ROLES)):
+            raise ValueError(f"roles {roles}: choose one or more of {', '.join(ROLES)}")
         with self._lock:
             accounts = self._load()
-            session = accounts.get(name, {}).get("session", -1) + 1
-            self._save({**accounts, name: {"hash": HASHER.hash(password), "session": session}})
+            old = accounts.get(name, {})
+            self._save({**accounts, name: {"hash": HASHER.hash(password), "session": old.get("session", -1) + 1,
+                                           "roles": sorted(set(roles or old.get("roles", ["reviewer"])))}})
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -70,6 +80,13 @@ class Reviewers:
             if name in accounts:
                 accounts[name]["session"] += 1
                 self._save(accounts)
+
+    def roles(self, name: str) -> list[str]:
+        return self._load().get(name, {}).get("roles", [])
+
+    def accounts(self) -> dict[str, list[str]]:
+        """Every account's roles, by name."""
+        return {name: account["roles"] for name, account in sorted(self._load().items())}
 
     def session(self, name: str) -> int | None:
         """The reviewer's current session version; None when there is no such account."""
