@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--images 64] [--batch 8] [--json]
     .venv/bin/python bench/throughput.py --family sdxl --size 1024 --images 32 --batch 4   # on a GPU
+    .venv/bin/python bench/throughput.py --user-paths --images 78   # as users meet it (bench/user_paths.py)
 
 One process, the demo kit, a mixed-brand sheet (acme, globex, no brand, in turn: the worst
 case for LoRA switching), 20 steps at 32x32. Three ways to make the same images:
@@ -315,8 +316,16 @@ def main() -> None:
                         "architecture (sdxl: full size, random weights; for a GPU)")
     parser.add_argument("--size", type=int, default=1024, help="image size with --family")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps with --family")
+    parser.add_argument("--user-paths", action="store_true", help="only the cold CLI run against a plain script, "
+                        "the rerun with everything stored, two sheets through serve, and validate (bench/user_paths.py)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.user_paths:
+        from user_paths import user_paths
+
+        report = user_paths(sheet_rows(args.images))
+        print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+        return
     if args.family:
         report = family_throughput(args.family, args.size, args.images, args.batch, args.steps)
         print(json.dumps(report) if args.json else json.dumps(report, indent=2))

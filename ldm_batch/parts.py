@@ -4,11 +4,16 @@
 client, the audit database engine, the spool, the provenance marker, and (loaded on first
 use) the diffusion pipelines, the image screen and the text screen. A Prefect thread, a
 Dask worker and the CLI all reach the models through it, so each loads once per process.
+A long-lived process (a Dask GPU worker under `ldm-batch serve`) notices a changed policies
+folder (a new catalog entry or sha256, a new brand LoRA) and loads afresh: it never serves
+weights the catalog no longer names, and drops the old set.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from pathlib import Path
 
 from ldm_batch.audit import AuditLog
 from ldm_batch.audit.seal import Sealer
@@ -22,15 +27,24 @@ from ldm_batch.spool import Spool
 from ldm_batch.storage import ObjectStore
 
 
+def policies_stamp(directory) -> tuple:
+    """Every file of the policies folder with its size and modification time: cheap to take
+    per batch, and different after any edit of the catalog, a brand or a policy."""
+    root = Path(directory)
+    return tuple(sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in root.rglob("*") if p.is_file()))
+
+
 class Parts:
     """The loaded parts of one process, for one settings value."""
 
     _cache: dict[str, Parts] = {}
     _lock = threading.Lock()
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, stamp: tuple = ()):
         quiet_libraries()
         self.settings = settings
+        self.stamp = stamp  # the policies folder as it was loaded
         self.policies: Policies = load_policies(settings.policies_dir)
         self.store = ObjectStore(settings)
         self.audit = AuditLog(settings.audit_url, Sealer.for_settings(settings, self.store))
@@ -43,11 +57,18 @@ class Parts:
 
     @classmethod
     def of(cls, settings: Settings) -> Parts:
-        key = settings.identity()
+        key, stamp = settings.identity(), policies_stamp(settings.policies_dir)
         with cls._lock:
-            if key not in cls._cache:
-                cls._cache[key] = Parts(settings)
+            if key not in cls._cache or cls._cache[key].stamp != stamp:
+                cls._cache[key] = Parts(settings, stamp)  # the old set, if any, is dropped with its models
             return cls._cache[key]
+
+    @classmethod
+    def model_loads(cls) -> dict[str, int]:
+        """What this process's generators loaded from disk ("model:ID", "lora:ID"), over all sets."""
+        with cls._lock:
+            generators = [parts._generator for parts in cls._cache.values() if parts._generator is not None]
+        return dict(sum((generator.loads for generator in generators), Counter()))
 
     @classmethod
     def loaded(cls) -> list[Parts]:

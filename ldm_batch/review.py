@@ -25,7 +25,8 @@ def reviewer_name(given: str | None) -> str:
 
 
 def decide(audit: AuditLog, store: ObjectStore, image_key: str, approve: bool, reason: str,
-           reviewer: str) -> AuditRecord:
+           reviewer: str, role: str | None = None) -> AuditRecord:
+    """`role`: the console role the decision was made under (None from the CLI)."""
     if not reason.strip():
         raise ReviewError("a review decision needs a reason")
     pending = {r.image_key: r for r in audit.review_queue()}
@@ -37,7 +38,8 @@ def decide(audit: AuditLog, store: ObjectStore, image_key: str, approve: bool, r
     review = image.model_copy(update={
         "kind": "review", "decision": decision, "reviewer": reviewer, "created_at": now().isoformat(),
         "reasons": [f"{decision} by {reviewer}: {reason.strip()}"],
-        "s3_key": delivered_key if approve else image.s3_key})
+        "s3_key": delivered_key if approve else image.s3_key,
+        "metadata": image.metadata | ({"reviewer_role": role} if role else {})})
     audit.append([review])
     audit.seal()
     if approve:

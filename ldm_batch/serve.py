@@ -2,14 +2,18 @@
 
     SeaweedFS (the embedded S3 of this home)
     prefect server start                       state under <home>/prefect-server
+    dask scheduler                             127.0.0.1, for the GPU workers below
+    per GPU i: a Dask worker gpu-i (one process, one thread, CUDA_VISIBLE_DEVICES=i) that
+               keeps its models, LoRAs and screens loaded across flow runs
     work pool `gpu` (type process)
     per GPU i: global concurrency limit gpu-<host>-<i> (limit 1) and a worker gpu-<i>
                (CUDA_VISIBLE_DEVICES=i, LDM_BATCH_GPU_SLOT=gpu-<host>-<i>)
     prefect --no-prompt deploy --all           campaign-batch and the inbox-sweep schedule
 
-A worker may run several flow runs at once; the concurrency limit, held only while a batch
-generates, keeps one generation at a time on its GPU while screening and uploads overlap.
-Each step is the Prefect CLI command the README lists, so an operator can run them by hand.
+A Prefect process worker starts a fresh process for every flow run; the flow run sends its
+batches to the Dask workers (LDM_BATCH_DASK_ADDRESS), which live as long as the stack, so a
+second sheet finds its model loaded. A Dask worker runs one batch at a time on its GPU.
+Each step is the CLI command the README lists, so an operator can run them by hand.
 """
 
 from __future__ import annotations
@@ -131,6 +135,47 @@ def _stop(process: subprocess.Popen, signals: int = 1) -> None:
 
 
 @contextmanager
+def dask_gpu_workers(env: dict[str, str], gpus: int, home: Path) -> Iterator[str]:
+    """`dask scheduler` and one long-lived `dask worker` per GPU (one thread: one batch at a
+    time); yields the scheduler's address. The workers load models once, on their first batch."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with ExitStack() as stack, open(home / "dask.log", "ab") as log:
+        scheduler = subprocess.Popen([_tool("dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                                      address.rsplit(":", 1)[1], "--no-dashboard"], env=env, cwd=REPO, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        stack.callback(_stop, scheduler)
+        for index in range(gpus):
+            worker_process = subprocess.Popen(
+                [_tool("dask"), "worker", address, "--nthreads", "1", "--nworkers", "1", "--name", f"gpu-{index}",
+                 "--no-dashboard", "--death-timeout", "60"],
+                env={**env, "CUDA_VISIBLE_DEVICES": str(index)}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+            stack.callback(_stop, worker_process)
+        _wait_for_workers(address, gpus, home / "dask.log")
+        yield address
+
+
+def _wait_for_workers(address: str, count: int, log: Path, timeout: float = 120.0) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=timeout) as client:
+        try:
+            client.wait_for_workers(count, timeout=timeout)
+        except TimeoutError:
+            raise RuntimeError(f"{count} Dask worker(s) did not join {address} within {timeout:.0f}s; see {log}") from None
+
+
+def _tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
 def local_stack(settings: Settings, port: int, workers: int) -> Iterator[dict[str, str]]:
     """The whole stack for the block; yields the environment a client needs to use it."""
     slots = [gpu_slot_name(i) for i in range(workers)]
@@ -138,6 +183,7 @@ def local_stack(settings: Settings, port: int, workers: int) -> Iterator[dict[st
         s3 = stack.enter_context(embedded_s3(settings.home, settings.embedded_s3_port, settings.delivery_prefix))
         api = stack.enter_context(prefect_server(settings.home, port))
         env = stack_environment(settings, s3, api)
+        env["LDM_BATCH_DASK_ADDRESS"] = stack.enter_context(dask_gpu_workers(env, workers, settings.home.resolve()))
         prepare(env, slots)
         for index, slot in enumerate(slots):
             stack.enter_context(worker(env, index, slot, settings.home.resolve() / f"worker-{index}.log"))

@@ -174,6 +174,7 @@ def test_an_author_uploads_checks_starts_watches_and_collects_a_campaign(console
         browser.close()
     (review,) = log.query(kind="review")
     assert (review["asset_id"], review["decision"], review["reviewer"]) == ("aid-1", "approved", "rita")
+    assert review["metadata"]["reviewer_role"] == "reviewer"  # the role it was decided under
 
 
 def _token(client: httpx.Client, path: str) -> str:

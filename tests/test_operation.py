@@ -1,12 +1,14 @@
 """Operation on a real local Prefect server: `ldm-batch serve` (SeaweedFS, Prefect server,
-process work pool, a worker with its GPU concurrency limit, the deployments), a sheet
-submitted through the inbox-sweep deployment, and a run spread over a Dask LocalCluster
-of two worker processes that gives the same images as one process."""
+a long-lived Dask GPU worker, the process work pool and its worker, the deployments), two
+sheets submitted through the inbox-sweep deployment (the second loads no model: the GPU
+worker kept them), and a run spread over a Dask LocalCluster of two worker processes that
+gives the same images as one process."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,11 +53,12 @@ def stack(tmp_path_factory):
     while "ready:" not in log.read_text():
         assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(1)
+    dask_address = re.search(r"Dask GPU workers at (tcp://[0-9.:]+)", " ".join(log.read_text().split())).group(1)
     creds = json.loads((home / "seaweedfs" / "credentials.json").read_text())
     client_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
                   "LDM_BATCH_S3_ENDPOINT_URL": f"http://127.0.0.1:{env['LDM_BATCH_EMBEDDED_S3_PORT']}",
                   "LDM_BATCH_S3_ACCESS_KEY_ID": creds["access_key_id"],
-                  "LDM_BATCH_S3_SECRET_ACCESS_KEY": creds["secret_access_key"]}
+                  "LDM_BATCH_S3_SECRET_ACCESS_KEY": creds["secret_access_key"], "DASK_GPU_WORKERS": dask_address}
     yield client_env
     os.killpg(serve.pid, signal.SIGTERM)
     serve.wait(timeout=90)
@@ -91,47 +94,43 @@ def test_deployments_are_served_with_the_inbox_schedule(stack):
     assert pools["gpu"] == "process"
 
 
-def test_submitted_sheet_runs_on_the_worker_under_the_gpu_limit(stack, tmp_path):
-    sheet = tmp_path / "served.csv"
-    sheet.write_text(SHEET)
-    submitted = ldm_batch(stack, "submit", str(sheet))
-    run_id = submitted["flow_run_id"]
+def submit_and_wait(stack: dict, sheet: Path, reports: int) -> dict:
+    """Submit a sheet through the inbox-sweep deployment; its report, once `reports` are filed."""
+    run_id = ldm_batch(stack, "submit", str(sheet))["flow_run_id"]
     deadline = time.monotonic() + 400
     while (state := api(stack, f"/flow_runs/{run_id}")["state"]["type"]) not in ("COMPLETED", "FAILED", "CRASHED"):
         assert time.monotonic() < deadline, f"flow run {run_id} still {state}"
         time.sleep(2)
     assert state == "COMPLETED"
-
-    settings = settings_of(stack)
-    store = ObjectStore(settings)
+    store = ObjectStore(settings_of(stack))
     # the inbox-sweep schedule (every 5 minutes) may have claimed the sheet first: wait for its report
     deadline = time.monotonic() + 300
-    while not (reports := [k for k in store.keys("inbox/processed/") if k.endswith(".report.json")]):
+    while len(found := [k for k in store.keys("inbox/processed/") if k.endswith(".report.json")]) < reports:
         assert time.monotonic() < deadline, store.keys("inbox/")
         time.sleep(2)
-    [report_key] = reports
-    report = json.loads(store.get(report_key))
-    assert report["images_stored"] == 8 and Inbox(store).waiting() == []
+    return json.loads(store.get(next(k for k in found if sheet.name in k)))
+
+
+def test_submitted_sheets_run_on_the_warm_gpu_worker(stack, tmp_path):
+    """Each flow run is a new process of the Prefect worker; its batches go to the stack's Dask
+    GPU worker, which loads the model and the brand LoRAs for the first sheet only."""
+    from distributed import Client
+
+    from ldm_batch.parts import Parts
+
+    first, second = tmp_path / "served.csv", tmp_path / "served-again.csv"
+    first.write_text(SHEET)
+    second.write_text(SHEET.replace("op-", "again-").replace(",1\n", ",11\n"))
+    report = submit_and_wait(stack, first, 1)
+    settings = settings_of(stack)
+    assert report["images_stored"] == 8 and Inbox(ObjectStore(settings)).waiting() == []
     assert len(AuditLog(settings.audit_url).query(run_id=report["run_id"], kind="image")) == 8
+    report = submit_and_wait(stack, second, 2)
+    assert report["images_stored"] == 8
 
-    # every batch generated holding the worker's GPU slot, one batch at a time
-    batches, held = 3, []  # one per LoRA set (acme, globex, none), each within the batch size of 4
-    deadline = time.monotonic() + 60
-    while len(held) < 2 * batches and time.monotonic() < deadline:  # events reach the server a little later
-        time.sleep(1)
-        held = slot_events(stack, f"gpu-{socket.gethostname()}-0")
-    assert [kind for _, kind in held] == ["acquired", "released"] * batches
-
-
-def slot_events(stack: dict, slot: str) -> list[tuple[str, str]]:
-    """(time, "acquired" or "released") of a concurrency limit, in order; on a tie, a
-    release sorts before an acquire (a slot handed on at once)."""
-    events = api(stack, "/events/filter", {"filter": {"event": {"prefix": ["prefect.concurrency-limit."]}},
-                                           "limit": 50})["events"]
-    kinds = [(e["occurred"], e["event"].rsplit(".", 1)[-1]) for e in events
-             if e["resource"].get("prefect.resource.name") == slot]
-    return sorted(((when, kind) for when, kind in kinds if kind in ("acquired", "released")),
-                  key=lambda event: (event[0], event[1] == "acquired"))
+    with Client(stack["DASK_GPU_WORKERS"]) as client:
+        (loads,) = client.run(Parts.model_loads).values()  # the one GPU worker's load counter
+    assert loads == {"model:demo-tiny-sd": 1, "lora:acme-style": 1, "lora:globex-style": 1}
 
 
 def test_dask_cluster_of_two_workers_makes_the_same_images(stack, tmp_path):

@@ -25,8 +25,9 @@ brand_app = typer.Typer(help="Brand LoRAs: train and register.", no_args_is_help
 def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's API")] = 4200,
           workers: Annotated[int | None, typer.Option(help="Workers, one per GPU (default: the GPUs here, at least 1)")] = None,
           config: ConfigOption = None) -> None:
-    """Run a local Prefect server, SeaweedFS, the work pool, one worker and concurrency limit per
-    GPU and the deployments, all on 127.0.0.1, until Ctrl-C."""
+    """Run a local Prefect server, SeaweedFS, a long-lived Dask worker per GPU (models stay
+    loaded across sheets), the work pool, one worker per GPU and the deployments, all on
+    127.0.0.1, until Ctrl-C."""
     import signal
     import threading
 
@@ -39,7 +40,8 @@ def serve(port: Annotated[int, typer.Option(help="Port of the Prefect server's A
         count = workers or max(gpu_count(), 1)
         with local_stack(settings, port, count) as env:
             print_data(f"ready: Prefect API {env['PREFECT_API_URL']}, S3 {env['LDM_BATCH_S3_ENDPOINT_URL']}, "
-                       f"{count} worker(s) in pool 'gpu'; logs under {settings.home.resolve()}")
+                       f"{count} worker(s) in pool 'gpu', Dask GPU workers at {env['LDM_BATCH_DASK_ADDRESS']}; "
+                       f"logs under {settings.home.resolve()}")
             print_data(f"submit a sheet:  PREFECT_API_URL={env['PREFECT_API_URL']} ldm-batch submit SHEET")
             try:
                 stopping.wait()

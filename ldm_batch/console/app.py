@@ -176,7 +176,7 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if decision not in ("approve", "reject"):
             raise HTTPException(400, "decision must be approve or reject")
         try:
-            decide(log, store, key, decision == "approve", reason, name)
+            decide(log, store, key, decision == "approve", reason, name, role="reviewer")
         except ReviewError as exc:
             queue = [{**r.model_dump(), "url": link(r.s3_key)} for r in log.review_queue()]
             return page(request, "review.html", 400, queue=queue, error=str(exc))
