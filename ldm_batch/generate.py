@@ -8,6 +8,7 @@ same composition reproduces every image byte for byte.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import threading
@@ -78,6 +79,8 @@ class ImageGenerator:
         self.loads: Counter[str] = Counter()  # what was loaded from disk, for tests and reports
         self._pipelines: dict[str, tuple[object, str]] = {}
         self._adapters: dict[str, dict[str, str]] = {}  # model id -> {lora id: sha256}
+        self._active: dict[str, tuple] = {}  # model id -> the (lora id, scale) pairs set on it now
+        self._processors: dict[int, list[str]] = {}  # id(pipeline) -> its attention processors
         self._lock = threading.Lock()
 
     def pipeline(self, model_id: str):
@@ -121,11 +124,14 @@ class ImageGenerator:
                     pipe.load_lora_weights(path, adapter_name=use.id)
                 loaded[use.id] = sha
                 self.loads[f"lora:{use.id}"] += 1
-        if batch.settings.loras:
-            pipe.enable_lora()
-            pipe.set_adapters([u.id for u in batch.settings.loras], [u.scale for u in batch.settings.loras])
-        elif loaded:
-            pipe.disable_lora()
+        active = tuple((u.id, u.scale) for u in batch.settings.loras)
+        if self._active.get(model_id) != active:  # batches come grouped by brand: most keep the adapters
+            if active:
+                pipe.enable_lora()
+                pipe.set_adapters([u.id for u in batch.settings.loras], [u.scale for u in batch.settings.loras])
+            elif loaded:
+                pipe.disable_lora()
+            self._active[model_id] = active
         return {u.id: loaded[u.id] for u in batch.settings.loras}
 
     def _swap_lora(self, model_id: str, pipe, batch: Batch) -> dict[str, str]:
@@ -180,8 +186,9 @@ class ImageGenerator:
 
     def runtime(self, pipe) -> dict:
         denoiser = getattr(pipe, denoiser_name(pipe))
-        processors = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
-        return {"dtype": str(denoiser.dtype).removeprefix("torch."), "attention": processors,
+        if id(pipe) not in self._processors:  # a walk over every module: once per pipeline, not per batch
+            self._processors[id(pipe)] = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
+        return {"dtype": str(denoiser.dtype).removeprefix("torch."), "attention": self._processors[id(pipe)],
                 "compiled": self.compile_unet, "cpu_threads": torch.get_num_threads()}
 
 
@@ -216,6 +223,11 @@ def absent_components(path: Path) -> dict:
     return absent
 
 
+@functools.lru_cache(maxsize=None)
+def _call_parameters(pipeline_class) -> frozenset[str]:
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
+
+
 def denoiser_name(pipe) -> str:
     """The pipeline's denoising network: `unet` (SD 1.x/2.x, SDXL) or `transformer` (SD3, Flux,
     PixArt, Sana)."""
@@ -230,7 +242,7 @@ def call_arguments(pipe, batch: Batch, options: dict) -> dict:
     arguments = {"prompt": [job.prompt for job in batch.jobs],
                  "negative_prompt": [job.negative_prompt for job in batch.jobs],
                  "width": s.width, "height": s.height, "num_inference_steps": s.steps, "guidance_scale": s.guidance}
-    accepted = inspect.signature(type(pipe).__call__).parameters
+    accepted = _call_parameters(type(pipe))
     if "negative_prompt" not in accepted and any(job.negative_prompt for job in batch.jobs):
         raise ValueError(f"{type(pipe).__name__} takes no negative prompt; leave the negative_prompt column empty")
     if unknown := sorted(set(options) - set(accepted)):
