@@ -11,7 +11,7 @@ TILE = 128
 CAPTION = 30
 COLUMNS = 8
 MAX_IMAGES = 400
-COLOURS = {"delivered": (30, 130, 60), "quarantined": (200, 120, 0), "blocked": (180, 30, 30)}
+COLOURS = {"delivered": (30, 130, 60), "approved": (30, 130, 60), "quarantined": (200, 120, 0), "blocked": (180, 30, 30)}
 
 
 def contact_sheet(tiles: list[tuple[dict, bytes | None]]) -> bytes:
@@ -26,7 +26,7 @@ def contact_sheet(tiles: list[tuple[dict, bytes | None]]) -> bytes:
             image = Image.new("RGB", (TILE, TILE), (90, 90, 90))
         else:
             image = Image.open(io.BytesIO(png)).convert("RGB").resize((TILE, TILE), Image.NEAREST)
-            if record["decision"] != "delivered":
+            if record["decision"] not in ("delivered", "approved"):
                 image = image.filter(ImageFilter.GaussianBlur(12))
         sheet.paste(image, (x, y))
         draw.text((x + 4, y + TILE + 2), f"{record['asset_id']} v{record['variant']}"[:20], fill="black")

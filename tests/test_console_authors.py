@@ -19,6 +19,7 @@ import zipfile
 
 import httpx
 import pytest
+from PIL import Image
 
 from conftest import REPO
 from ldm_batch.audit import AuditLog
@@ -126,6 +127,11 @@ def test_an_author_uploads_checks_starts_watches_and_collects_a_campaign(console
         with page.expect_download() as download:
             page.click("#zip")
         archive = zipfile.ZipFile(download.value.path())
+        sheet = page.request.get(console + page.locator("#contact-sheet").get_attribute("href"))
+        tiles = Image.open(io.BytesIO(sheet.body())).convert("RGB")
+        assert sheet.ok and tiles.size == (8 * 128, 128 + 30)
+        # three tiles, the delivered images; where a fourth (the quarantined image) would be, nothing
+        assert tiles.getpixel((2 * 128 + 64, 64)) != (255, 255, 255) == tiles.getpixel((3 * 128 + 64, 64))
 
         # the same bytes again: the page says it already ran, and leads to the run
         page.goto(f"{console}/campaigns")

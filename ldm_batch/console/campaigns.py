@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ldm_batch.audit import AuditLog
 from ldm_batch.config import Settings, settings_in_use
+from ldm_batch.contact_sheet import contact_sheet
 from ldm_batch.console.csrf import check_csrf
 from ldm_batch.inbox import Inbox
 from ldm_batch.schedules import ScheduleError, add_schedule, change_schedule, prefect_server, schedules_of
@@ -153,6 +154,17 @@ def router(c: Console) -> APIRouter:
             raise HTTPException(404, "this sheet has not run")
         return Response(delivery_zip(c, run["run_id"]), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{run["campaign"]}-images.zip"'})
+
+    @routes.get("/campaigns/{sha}/contact-sheet.png")
+    def author_contact_sheet(request: Request, sha: str):
+        """The run's delivered and approved images on one sheet (the run's own contact sheet,
+        with quarantined images blurred, is for reviewers)."""
+        author = c.signed_in(request, "author")
+        run = _run_of(c, author, sha)
+        if run is None:
+            raise HTTPException(404, "this sheet has not run")
+        tiles = [(r, c.store.get(r["s3_key"])) for r in shown_images(c, run["run_id"])]
+        return Response(contact_sheet(tiles), media_type="image/png")
 
     @routes.get("/schedules")
     def schedules(request: Request, error: str | None = None, status_code: int = 200):
