@@ -31,7 +31,8 @@ PLAIN_SCRIPT = """
 import sys, torch
 from diffusers import StableDiffusionPipeline
 kit = sys.argv[1]
-pipe = StableDiffusionPipeline.from_pretrained(kit + "/demo-tiny-sd", safety_checker=None, requires_safety_checker=False)
+pipe = StableDiffusionPipeline.from_pretrained(kit + "/demo-tiny-sd", dtype=torch.float32, safety_checker=None,
+                                               requires_safety_checker=False)
 pipe.set_progress_bar_config(disable=True)
 for brand in ("acme", "globex"):
     pipe.load_lora_weights(kit + f"/{brand}-style", adapter_name=brand)
@@ -125,6 +126,7 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
                       "LDM_BATCH_S3_ACCESS_KEY_ID": creds["access_key_id"],
                       "LDM_BATCH_S3_SECRET_ACCESS_KEY": creds["secret_access_key"]}
         audit = AuditLog(Settings(home=stack_home).audit_url)
+        audit.migrate()  # the stack's first flow run would make the tables; the polling below needs them now
         seconds = []
         for name, part in (("first", rows[:12]), ("second", [(f"b-{a}", p, b) for a, p, b in rows[12:24]])):
             sheet = home / f"{name}.csv"

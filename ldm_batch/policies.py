@@ -165,7 +165,7 @@ class ModelEntry(Strict):
     # diffusers configs: a local folder pinned by config_sha256, or a hub id at a 40-hex config_revision.
     config: str | None = None
     config_revision: str | None = None
-    config_sha256: str | None = Field(None, description="digest of the config folder (catalog.configs_sha256)")
+    config_sha256: str | None = Field(None, description="digest of the config folder (catalog.folder_sha256)")
     gpu: GpuOptions = GpuOptions()
 
     @property

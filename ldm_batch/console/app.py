@@ -1,11 +1,13 @@
-"""The reviewer console: server-rendered pages over the audit log and the review queue.
+"""The console: server-rendered pages over the audit log, the review queue and the authors' campaigns.
 
-Every page needs a signed-in reviewer (accounts in `<home>/reviewers.json`, argon2 hashes;
-add one with `ldm-batch reviewer add NAME`). Sessions are signed cookies (HttpOnly,
-SameSite=strict, Secure with `--secure-cookies`) that name the reviewer's session version:
+Every page needs a signed-in account (in `<home>/reviewers.json`, argon2 hashes; add one with
+`ldm-batch reviewer add NAME [--role author|reviewer|admin]`) holding the page's role:
+reviewers see runs, images, lineage, the queue and export; authors their campaigns
+(`campaigns.py`); admins the accounts. Sessions are signed cookies (HttpOnly,
+SameSite=strict, Secure with `--secure-cookies`) that name the account's session version:
 signing out, a new password or a removed account ends them at once. Failed sign-ins make a
-name and an address wait, longer after each. Every form carries the session's CSRF token. Images are shown through
-presigned URLs that expire after five minutes; nothing in the bucket is public. A review
+name and an address wait, longer after each. Every form carries the session's CSRF token. Images are shown
+through presigned URLs that expire after five minutes; nothing in the bucket is public. A review
 decision goes through `ldm_batch.review.decide`, exactly as `ldm-batch review` does.
 """
 

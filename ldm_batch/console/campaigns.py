@@ -9,7 +9,6 @@ uploads and runs, and of their images only the delivered ones: never a quarantin
 
 from __future__ import annotations
 
-import csv
 import io
 import threading
 import zipfile
@@ -114,11 +113,9 @@ def router(c: Console) -> APIRouter:
     def errors(request: Request, sha: str, use: str = "commercial"):
         author = c.signed_in(request, "author")
         check = checked(author, sha, use)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["row", "column", "message"])
-        writer.writerows([p.row, p.column, p.message] for p in check.errors)
-        return Response(out.getvalue(), media_type="text/csv",
+        report = _csv([{"row": p.row, "column": p.column, "message": p.message} for p in check.errors],
+                      ["row", "column", "message"])
+        return Response(report, media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{_stem(check.name)}-errors.csv"'})
 
     @routes.post("/campaigns/{sha}/start")
@@ -256,20 +253,28 @@ def progress(c: Console, run: dict, check: SheetCheck | None) -> dict:
 def delivery_zip(c: Console, run_id: str) -> bytes:
     """The run's delivered images and a manifest.csv (asset id, prompt, seed, model, licenses,
     sha256): only objects under delivery/, never quarantined ones."""
-    buffer, manifest = io.BytesIO(), io.StringIO()
-    writer = csv.writer(manifest)
-    writer.writerow(["file", "asset_id", "variant", "prompt", "seed", "model", "model_license", "loras", "sha256"])
+    buffer, manifest = io.BytesIO(), []
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for record in shown_images(c, run_id):
-            data = c.store.get(record["s3_key"])
-            name = PurePosixPath(record["s3_key"]).name
-            archive.writestr(f"images/{name}", data)
-            writer.writerow([f"images/{name}", record["asset_id"], record["variant"], record["prompt"],
-                             record["seed"], record["model_id"], (record["model_license"] or {}).get("id"),
-                             "; ".join(f"{lora['id']} ({lora['license'].get('id')})" for lora in record["loras"]),
-                             record["image_sha256"]])
-        archive.writestr("manifest.csv", manifest.getvalue())
+            name = f"images/{PurePosixPath(record['s3_key']).name}"
+            archive.writestr(name, c.store.get(record["s3_key"]))
+            manifest.append({"file": name, "asset_id": record["asset_id"], "variant": record["variant"],
+                             "prompt": record["prompt"], "seed": record["seed"], "model": record["model_id"],
+                             "model_license": (record["model_license"] or {}).get("id"),
+                             "loras": "; ".join(f"{lora['id']} ({lora['license'].get('id')})" for lora in record["loras"]),
+                             "sha256": record["image_sha256"]})
+        archive.writestr("manifest.csv", _csv(manifest, ["file", "asset_id", "variant", "prompt", "seed", "model",
+                                                         "model_license", "loras", "sha256"]))
     return buffer.getvalue()
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    """CSV a spreadsheet opens safely: cells that look like formulas are defused."""
+    import pandas as pd
+
+    from ldm_batch.audit.export import defuse_formulas
+
+    return defuse_formulas(pd.DataFrame(rows, columns=columns)).to_csv(index=False)
 
 
 def start_sweep(settings: Settings, key: str) -> None:
