@@ -1,9 +1,10 @@
 """Model families beyond SD 1.x, as tiny random-weight pipelines built offline the way diffusers'
 own tests build theirs (ldm_batch.demo_kit.tiny_families): SDXL (two text encoders, pooled embeddings), SD3 (an MMDiT transformer,
 no UNet) saved without its optional T5 encoder as users often do, Flux.1 (CLIP + T5, a rotary
-transformer) and PixArt-Sigma (T5 only, a DiT). Each is registered in a copy of the catalog with
-its sha256, SDXL and Flux with a brand LoRA, and a sheet mixing rows with and without the brand
-runs through the whole flow: generation, screens, audit, and `audit reproduce`."""
+transformer) and PixArt-Sigma (T5 only, a DiT). All are registered in one copy of the catalog with
+their sha256, SDXL and Flux with a brand LoRA each (SDXL's also as Kohya files), and one sheet with
+a row per family, with and without the brands, runs through the whole flow: generation, screens,
+audit, and `audit reproduce`. Then single-file checkpoints, LoRA hotswap and unpinned hub ids."""
 
 from __future__ import annotations
 
@@ -39,78 +40,79 @@ FAMILIES = {
 LICENSE = {"id": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0", "commercial_use": True}
 
 
-@pytest.fixture(params=sorted(FAMILIES))
-def family_catalog(request, tmp_path, monkeypatch):
-    """A copy of the policies with one tiny pipeline registered (local folder, sha256 pinned), and
-    the brand `house` with a LoRA trained on it where the family has one; yields the model id."""
-    model_id = request.param
-    build, fields, with_lora = FAMILIES[model_id]
+@pytest.fixture
+def families_catalog(tmp_path, monkeypatch):
+    """A copy of the policies with every tiny pipeline registered (local folders, sha256 pinned),
+    and for SDXL and Flux the brand `house-<model>` with a LoRA trained on it; SDXL's LoRA also as
+    Kohya files with diffusers block names (brand `kohya`) and with SGM's (brand `sgm`)."""
     policies = tmp_path / "policies"
     shutil.copytree(REPO / "policies", policies)
-    build(policies / "models" / model_id)
     catalog = yaml.safe_load((policies / "models.yaml").read_text())
     catalog["local_weights_roots"].append("models")
-    catalog["models"].append({
-        "id": model_id, "kind": "diffusion", "source": f"./models/{model_id}", "revision": "test-build",
-        "sha256": weights_sha256(policies / "models" / model_id), "license": LICENSE,
-        "defaults": {"width": 32, "height": 32, "steps": 4, "guidance": 5.0}, **fields})
-    (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
-    if with_lora:
-        lora = policies / "loras" / f"{model_id}-house"
-        build_tiny_lora(policies / "models" / model_id, lora)
-        (policies / "brands" / "house.yaml").write_text(yaml.safe_dump({"id": "house", "loras": [{
-            "id": f"{model_id}-house", "source": f"./loras/{model_id}-house", "sha256": weights_sha256(lora),
+
+    def brand(name: str, lora_id: str, source: str, model_id: str) -> None:
+        (policies / "brands" / f"{name}.yaml").write_text(yaml.safe_dump({"id": name, "loras": [{
+            "id": lora_id, "source": f"./{source}", "sha256": weights_sha256(policies / source),
             "base_model": model_id, "license": LICENSE}]}))
-        if model_id == "tiny-sdxl":  # the same LoRA as Kohya files: diffusers block names, and SGM's
-            kohya_copy(lora, policies / "loras" / "house-kohya.safetensors")
-            kohya_sgm_copy(policies / "models" / model_id, lora, policies / "loras" / "house-sgm.safetensors")
-            for brand in ("kohya", "sgm"):
-                (policies / "brands" / f"{brand}.yaml").write_text(yaml.safe_dump({"id": brand, "loras": [{
-                    "id": f"house-{brand}", "source": f"./loras/house-{brand}.safetensors", "base_model": model_id,
-                    "sha256": weights_sha256(policies / "loras" / f"house-{brand}.safetensors"), "license": LICENSE}]}))
+
+    for model_id, (build, fields, with_lora) in FAMILIES.items():
+        build(policies / "models" / model_id)
+        catalog["models"].append({
+            "id": model_id, "kind": "diffusion", "source": f"./models/{model_id}", "revision": "test-build",
+            "sha256": weights_sha256(policies / "models" / model_id), "license": LICENSE,
+            "defaults": {"width": 32, "height": 32, "steps": 4, "guidance": 5.0}, **fields})
+        if with_lora:
+            lora = policies / "loras" / f"{model_id}-house"
+            build_tiny_lora(policies / "models" / model_id, lora)
+            brand(f"house-{model_id}", f"{model_id}-house", f"loras/{model_id}-house", model_id)
+    sdxl_lora = policies / "loras" / "tiny-sdxl-house"
+    kohya_copy(sdxl_lora, policies / "loras" / "house-kohya.safetensors")
+    kohya_sgm_copy(policies / "models" / "tiny-sdxl", sdxl_lora, policies / "loras" / "house-sgm.safetensors")
+    for name in ("kohya", "sgm"):
+        brand(name, f"house-{name}", f"loras/house-{name}.safetensors", "tiny-sdxl")
+    (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
     monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
     monkeypatch.setenv("LDM_BATCH_ORGANISATION_REVENUE_USD", "250000")  # under SD 3.5's threshold
-    return model_id
 
 
-def test_each_family_runs_through_the_flow_with_its_lora_and_reproduces(prefect_harness, settings, family_catalog,
-                                                                    tmp_path):
-    with_lora = FAMILIES[family_catalog][2]
-    sheet = tmp_path / "family.csv"
-    sheet.write_text("asset_id,prompt,brand,model,variants,seed\n"
-                     f"plain,a red circle on a white background,,{family_catalog},2,11\n"
-                     + (f"branded,a red circle on a white background,house,{family_catalog},2,11\n" if with_lora else "")
-                     + (f"kohya,a red circle on a white background,kohya,{family_catalog},2,11\n"
-                        f"sgm,a red circle on a white background,sgm,{family_catalog},2,11\n"
-                        if family_catalog == "tiny-sdxl" else ""))
+def test_a_sheet_with_a_row_per_family_runs_through_the_flow_with_loras_and_reproduces(
+        prefect_harness, settings, families_catalog, tmp_path):
+    prompt = "a red circle on a white background"
+    rows = [f"plain-{m},{prompt},,{m},2,11" for m in FAMILIES]
+    rows += [f"branded-{m},{prompt},house-{m},{m},2,11" for m, (_, _, with_lora) in FAMILIES.items() if with_lora]
+    rows += [f"{b},{prompt},{b},tiny-sdxl,2,11" for b in ("kohya", "sgm")]
+    sheet = tmp_path / "families.csv"
+    sheet.write_text("asset_id,prompt,brand,model,variants,seed\n" + "\n".join(rows) + "\n")
     result = CliRunner().invoke(app, ["run", str(sheet), "--campaign", "family", "--json"])
     assert result.exit_code == 0, result.output
-    images = (8 if family_catalog == "tiny-sdxl" else 4) if with_lora else 2
     summary = json.loads(result.stdout.splitlines()[-1])
-    assert summary["images_generated"] == images and summary["images_failed"] == 0
+    assert summary["images_generated"] == 2 * len(rows) and summary["images_failed"] == 0
     records = AuditLog(settings.audit_url).query(campaign="family", kind="image")
-    assert {r["model_id"] for r in records} == {family_catalog} and len(records) == images
-    assert records[0]["runtime"]["attention"]  # read from the denoiser, a UNet or a transformer
-    assert len({r["image_sha256"] for r in records}) == images  # a generator per image
-    checked = records[1:2]
-    attribution = (catalog_license := FAMILIES[family_catalog][1].get("license", {})).get("attribution")
-    stored = json.loads(Image.open(io.BytesIO(ObjectStore(settings).get(records[0]["s3_key"]))).info["ldm-batch"])
-    assert stored.get("attribution") == ([attribution] if attribution else None)  # the license's notice travels
-    assert records[0]["model_license"]["id"] == catalog_license.get("id", "Apache-2.0")
-    if with_lora:
-        branded = [r for r in records if r["brand"] == "house"]
-        assert [lora["id"] for lora in branded[0]["loras"]] == [f"{family_catalog}-house"]
-        plain_pixels = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] is None}
-        assert all(plain_pixels.get(r["seed"]) != r["pixels_sha256"] for r in branded)  # the LoRA acts
-        checked.append(branded[-1])
-    if family_catalog == "tiny-sdxl":  # the Kohya files are the same LoRA: the same pixels
-        for brand in ("kohya", "sgm"):
-            kohya = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] == brand}
-            assert kohya == {r["seed"]: r["pixels_sha256"] for r in branded}, brand
+    assert len({r["image_sha256"] for r in records}) == 2 * len(rows)  # a generator per image
+    store = ObjectStore(settings)
+    checked = []
+    for model_id, (_, fields, with_lora) in FAMILIES.items():
+        mine = [r for r in records if r["model_id"] == model_id]
+        plain = {r["seed"]: r["pixels_sha256"] for r in mine if r["brand"] is None}
+        assert len(plain) == 2 and mine[0]["runtime"]["attention"]  # read from the denoiser: a UNet or a transformer
+        license = fields.get("license", LICENSE)
+        assert mine[0]["model_license"]["id"] == license["id"]
+        stored = json.loads(Image.open(io.BytesIO(store.get(mine[0]["s3_key"]))).info["ldm-batch"])
+        attribution = license.get("attribution")
+        assert stored.get("attribution") == ([attribution] if attribution else None), model_id  # the notice travels
+        checked.append(mine[0])
+        if with_lora:
+            branded = [r for r in mine if r["brand"] == f"house-{model_id}"]
+            assert [lora["id"] for lora in branded[0]["loras"]] == [f"{model_id}-house"]
+            assert all(plain[r["seed"]] != r["pixels_sha256"] for r in branded)  # the LoRA acts
+            checked.append(branded[-1])
+    house = {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] == "house-tiny-sdxl"}
+    for name in ("kohya", "sgm"):  # the Kohya files are the same LoRA: the same pixels
+        assert {r["seed"]: r["pixels_sha256"] for r in records if r["brand"] == name} == house, name
     for record in checked:
         reproduced = CliRunner().invoke(app, ["audit", "reproduce", record["image_key"], "--json"])
         assert reproduced.exit_code == 0, reproduced.output
-        assert json.loads(reproduced.stdout)["identical"]
+        assert json.loads(reproduced.stdout)["identical"], record["asset_id"]
 
 
 def test_a_hub_model_at_a_moving_revision_is_refused_before_generation(prefect_harness, settings, tmp_path):
