@@ -139,8 +139,9 @@ def test_an_author_uploads_checks_starts_watches_and_collects_a_campaign(console
         page.click("button:has-text('Upload and check')")
         assert page.locator("#zip").count() == 1
 
-        # an author cannot approve: the review queue is not theirs
+        # an author cannot approve: the review queue is not theirs, and the page says why
         assert page.goto(f"{console}/review").status == 403
+        assert "needs the reviewer role; ann does not have it" in page.inner_text("main")
         browser.close()
 
     settings = Settings()

@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from ldm_batch.audit import AuditLog
@@ -75,6 +77,13 @@ def create_app(settings: Settings, secure_cookies: bool = False) -> FastAPI:
         if roles and not set(roles) & set(reviewers.roles(name)):
             raise HTTPException(403, f"this page needs the {' or '.join(roles)} role; {name} does not have it")
         return name
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused_page(request: Request, exc: StarletteHTTPException):
+        """Refusals (400, 403, 404) as a page a person reads; redirects and the rest as FastAPI answers them."""
+        if exc.status_code in (400, 403, 404) and "text/html" in request.headers.get("accept", ""):
+            return page(request, "refused.html", exc.status_code, message=exc.detail)
+        return await http_exception_handler(request, exc)
 
     def link(key: str | None) -> str | None:
         return store.presigned_url(key, LINK_SECONDS) if key else None
