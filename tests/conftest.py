@@ -77,7 +77,34 @@ def settings(s3_server, tmp_path, monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return Settings()
+    yield Settings()
+    _remove_bucket(s3_server, env["LDM_BATCH_S3_BUCKET"])
+
+
+def _remove_bucket(server, bucket: str) -> None:
+    """Empty and delete a test's bucket: SeaweedFS gives each bucket its own volumes, and a
+    session's server has only as many as its disk allows (about one per GB free), so a suite
+    that kept every bucket would run out of writable volumes. Objects under a compliance lock
+    stay, and so does their bucket."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=server.endpoint_url, aws_access_key_id=server.access_key_id,
+                          aws_secret_access_key=server.secret_access_key, region_name="us-east-1",
+                          config=Config(retries={"max_attempts": 2}))
+    try:
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                try:
+                    client.delete_object(Bucket=bucket, Key=version["Key"], VersionId=version["VersionId"])
+                except client.exceptions.ClientError:
+                    pass  # locked
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+        client.delete_bucket(Bucket=bucket)
+    except client.exceptions.ClientError:
+        pass  # not made by the test, or locked objects remain
 
 
 @pytest.fixture
