@@ -17,12 +17,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ldm_batch.serve import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 4  # the product's default batch size
@@ -63,12 +64,6 @@ def wall(command: list[str], env: dict[str, str]) -> float:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def user_paths(rows: list[tuple[str, str, str]]) -> dict:

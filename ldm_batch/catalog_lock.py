@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ldm_batch.catalog import PINNED_REVISION, file_digests, folder_sha256, resolve, verified_configs
-from ldm_batch.policies import ModelEntry
+from ldm_batch.policies import LOCAL_PREFIXES, ModelEntry
 from ldm_batch.problems import CatalogError
 
 LOCK_NAME = "models.lock.json"
@@ -53,27 +53,24 @@ def _pin(path: Path, files: dict[str, str]) -> str:
 
 def local_weights(entry: ModelEntry) -> Path | None:
     """Where the entry's weights are on this machine, without downloading; None when they are not."""
-    try:
-        if not entry.from_hub:
-            return resolve(entry.source, entry.revision)
-        if not PINNED_REVISION.fullmatch(entry.revision or ""):
-            return None
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(entry.source, revision=entry.revision, local_files_only=True))
-    except Exception:  # not in the cache, not installed, or missing
-        return None
+    return _on_this_machine(entry.source, entry.revision, entry.from_hub)
 
 
 def local_configs(entry: ModelEntry) -> Path | None:
     """Where a single file's named configs are on this machine, without downloading."""
+    return _on_this_machine(entry.config, entry.config_revision, not entry.config.startswith(LOCAL_PREFIXES))
+
+
+def _on_this_machine(source: str, revision: str | None, from_hub: bool) -> Path | None:
     try:
-        if entry.config.startswith("/"):
-            return Path(entry.config)
+        if not from_hub:
+            return resolve(source, revision)
+        if not PINNED_REVISION.fullmatch(revision or ""):
+            return None
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(entry.config, revision=entry.config_revision, local_files_only=True))
-    except Exception:
+        return Path(snapshot_download(source, revision=revision, local_files_only=True))
+    except Exception:  # not in the cache, not installed, or missing
         return None
 
 

@@ -35,7 +35,7 @@ def prefect_server() -> str | None:
     return os.environ.get("PREFECT_API_URL")
 
 
-def _client():
+def prefect_client():
     """A client of the configured Prefect server (PREFECT_API_URL), never a temporary one."""
     from prefect.client.orchestration import SyncPrefectClient
 
@@ -53,7 +53,7 @@ def _deployment_id(client) -> UUID:
 
 
 def schedules_of(author: str) -> list[Schedule]:
-    with _client() as client:
+    with prefect_client() as client:
         found = client.read_deployment_schedules(_deployment_id(client))
     return [Schedule(id=str(s.id), cron=s.schedule.cron, timezone=s.schedule.timezone or "UTC", active=s.active,
                      sheet=s.parameters.get("sheet", ""), campaign=s.parameters.get("campaign", ""),
@@ -72,7 +72,7 @@ def add_schedule(author: str, sheet_uri: str, campaign: str, use: str, cron: str
     except ValidationError as exc:
         raise ScheduleError("; ".join(e["msg"] for e in exc.errors())) from None
     parameters = {"sheet": sheet_uri, "campaign": campaign, "use": use, "started_by": author}
-    with _client() as client:
+    with prefect_client() as client:
         (made,) = client.create_deployment_schedules(_deployment_id(client), [DeploymentScheduleCreate(
             schedule=schedule, active=True, parameters=parameters, slug=f"{author}--{campaign}--{cron}"[:200])])
     return Schedule(str(made.id), cron, schedule.timezone, True, sheet_uri, campaign, use)
@@ -82,7 +82,7 @@ def change_schedule(author: str, schedule_id: str, action: str) -> None:
     """Pause, resume or remove one of the author's schedules."""
     if schedule_id not in {s.id for s in schedules_of(author)}:
         raise ScheduleError("no such schedule of yours")
-    with _client() as client:
+    with prefect_client() as client:
         deployment = _deployment_id(client)
         if action == "remove":
             client.delete_deployment_schedule(deployment, UUID(schedule_id))

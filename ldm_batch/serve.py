@@ -138,7 +138,7 @@ def _stop(process: subprocess.Popen, signals: int = 1) -> None:
 def dask_gpu_workers(env: dict[str, str], gpus: int, home: Path) -> Iterator[str]:
     """`dask scheduler` and one long-lived `dask worker` per GPU (one thread: one batch at a
     time); yields the scheduler's address. The workers load models once, on their first batch."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     with ExitStack() as stack, open(home / "dask.log", "ab") as log:
         scheduler = subprocess.Popen([_tool("dask"), "scheduler", "--host", "127.0.0.1", "--port",
                                       address.rsplit(":", 1)[1], "--no-dashboard"], env=env, cwd=REPO, stdout=log,
@@ -169,7 +169,8 @@ def _tool(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

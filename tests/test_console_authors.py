@@ -16,8 +16,8 @@ import shutil
 import threading
 import time
 import zipfile
+from contextlib import closing
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -27,6 +27,8 @@ from ldm_batch.config import Settings
 from ldm_batch.storage import ObjectStore
 
 from test_console import CHROMIUM
+from test_console_sessions import csrf
+from test_console_sessions import sign_in as http_sign_in
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("LDM_BATCH_REQUIRE_BROWSER"),
                                 reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -160,9 +162,8 @@ def test_an_author_uploads_checks_starts_watches_and_collects_a_campaign(console
         assert hashlib.sha256(archive.read(entry["file"])).hexdigest() == entry["sha256"]
     assert images["aid-1"]["decision"] == "quarantined"
 
-    with httpx.Client(base_url=console) as author:  # an author's approval is refused by the server too
-        author.post("/login", data={"name": "ann", "password": PASSWORD, "csrf": _token(author, "/login")})
-        token = _token(author, "/campaigns")
+    with closing(http_sign_in(console, name="ann")[0]) as author:  # an author's approval is refused by the server too
+        token = csrf(author, "/campaigns")
         refused = author.post("/review", data={"key": images["aid-1"]["image_key"], "decision": "approve",
                                                "reason": "looks fine", "csrf": token})
         assert refused.status_code == 403
@@ -184,35 +185,28 @@ def test_an_author_uploads_checks_starts_watches_and_collects_a_campaign(console
     assert review["metadata"]["reviewer_role"] == "reviewer"  # the role it was decided under
 
 
-def _token(client: httpx.Client, path: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
-
-
 def test_every_route_checks_the_accounts_role(console):
     """Which role opens what: authors their campaigns, reviewers the review work, admins the
     accounts; a removed account's session ends at once."""
     pages = {"/campaigns": "author", "/review": "reviewer", "/images": "reviewer", "/export": "reviewer",
              "/provenance": "reviewer", "/accounts": "admin"}
     for name, role in (("ann", "author"), ("rita", "reviewer"), ("root", "admin")):
-        with httpx.Client(base_url=console) as client:
-            client.post("/login", data={"name": name, "password": PASSWORD, "csrf": _token(client, "/login")})
+        with closing(http_sign_in(console, name=name)[0]) as client:
             for path, needed in pages.items():
                 status = client.get(path).status_code
                 assert (status == 200) == (needed == role), (name, path, status)
             if role == "admin":
-                token = _token(client, "/accounts")
+                token = csrf(client, "/accounts")
                 added = client.post("/accounts", data={"action": "add", "name": "bob", "password": PASSWORD,
                                                        "roles": ["author", "reviewer"], "csrf": token})
                 assert added.status_code == 303
                 assert "author, reviewer" in client.get("/accounts").text
                 no_csrf = client.post("/accounts", data={"action": "remove", "name": "ann"})
                 assert no_csrf.status_code == 403
-    with httpx.Client(base_url=console) as bob:
-        bob.post("/login", data={"name": "bob", "password": PASSWORD, "csrf": _token(bob, "/login")})
+    with closing(http_sign_in(console, name="bob")[0]) as bob:
         assert bob.get("/campaigns").status_code == 200 and bob.get("/review").status_code == 200
-        with httpx.Client(base_url=console) as root:
-            root.post("/login", data={"name": "root", "password": PASSWORD, "csrf": _token(root, "/login")})
-            root.post("/accounts", data={"action": "remove", "name": "bob", "csrf": _token(root, "/accounts")})
+        with closing(http_sign_in(console, name="root")[0]) as root:
+            root.post("/accounts", data={"action": "remove", "name": "bob", "csrf": csrf(root, "/accounts")})
         assert bob.get("/campaigns").status_code == 303  # back to the sign-in page
 
 
@@ -227,9 +221,8 @@ def test_an_author_makes_a_sheet_recurring_on_the_prefect_deployment(console, tm
 
     campaign_batch.to_deployment(name="campaign-batch").apply()
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the console's Prefect server
-    with httpx.Client(base_url=console) as ann:
-        ann.post("/login", data={"name": "ann", "password": PASSWORD, "csrf": _token(ann, "/login")})
-        token = _token(ann, "/campaigns")
+    with closing(http_sign_in(console, name="ann")[0]) as ann:
+        token = csrf(ann, "/campaigns")
         uploaded = ann.post("/campaigns", data={"csrf": token},
                             files={"file": ("weekly.csv", GOOD.encode(), "text/csv")})
         sha = uploaded.headers["location"].rsplit("/", 1)[1]
@@ -250,14 +243,14 @@ def test_an_author_makes_a_sheet_recurring_on_the_prefect_deployment(console, tm
                                        "campaign": "weekly", "use": "commercial", "started_by": "ann"}
         assert ObjectStore(settings).get("sheets/ann/weekly.csv") == GOOD.encode()
 
-        with httpx.Client(base_url=console) as other:  # another author sees none of it and cannot remove it
-            from ldm_batch.console.reviewers import Reviewers
+        from ldm_batch.console.reviewers import Reviewers
 
-            Reviewers(settings.home / "reviewers.json").add("otto", PASSWORD, ["author"])
-            other.post("/login", data={"name": "otto", "password": PASSWORD, "csrf": _token(other, "/login")})
+        Reviewers(settings.home / "reviewers.json").add("otto", PASSWORD, ["author"])
+        # another author sees none of it and cannot remove it
+        with closing(http_sign_in(console, name="otto")[0]) as other:
             assert "weekly" not in other.get("/schedules").text
             refused = other.post("/schedules", data={"action": "remove", "schedule": str(schedule.id),
-                                                     "csrf": _token(other, "/schedules")})
+                                                     "csrf": csrf(other, "/schedules")})
             assert refused.status_code == 400 and "no such schedule of yours" in refused.text
 
         assert ann.post("/schedules", data={"action": "pause", "schedule": str(schedule.id), "csrf": token}

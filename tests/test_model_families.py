@@ -40,6 +40,21 @@ FAMILIES = {
 LICENSE = {"id": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0", "commercial_use": True}
 
 
+def _catalog_with(policies: Path, *entries: dict) -> None:
+    catalog = yaml.safe_load((policies / "models.yaml").read_text())
+    catalog["local_weights_roots"].append("models")
+    catalog["models"] += [{"kind": "diffusion", "revision": "test-build", "license": LICENSE,
+                           "defaults": {"width": 32, "height": 32, "steps": 4, "guidance": 5.0}, **entry}
+                          for entry in entries]
+    (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+
+
+def _brand(policies: Path, brand: str, lora_id: str, source: str, base_model: str) -> None:
+    (policies / "brands" / f"{brand}.yaml").write_text(yaml.safe_dump({"id": brand, "loras": [{
+        "id": lora_id, "source": f"./{source}", "sha256": weights_sha256(policies / source), "base_model": base_model,
+        "license": LICENSE}]}))
+
+
 @pytest.fixture
 def families_catalog(tmp_path, monkeypatch):
     """A copy of the policies with every tiny pipeline registered (local folders, sha256 pinned),
@@ -47,30 +62,22 @@ def families_catalog(tmp_path, monkeypatch):
     Kohya files with diffusers block names (brand `kohya`) and with SGM's (brand `sgm`)."""
     policies = tmp_path / "policies"
     shutil.copytree(REPO / "policies", policies)
-    catalog = yaml.safe_load((policies / "models.yaml").read_text())
-    catalog["local_weights_roots"].append("models")
-
-    def brand(name: str, lora_id: str, source: str, model_id: str) -> None:
-        (policies / "brands" / f"{name}.yaml").write_text(yaml.safe_dump({"id": name, "loras": [{
-            "id": lora_id, "source": f"./{source}", "sha256": weights_sha256(policies / source),
-            "base_model": model_id, "license": LICENSE}]}))
-
+    entries = []
     for model_id, (build, fields, with_lora) in FAMILIES.items():
         build(policies / "models" / model_id)
-        catalog["models"].append({
-            "id": model_id, "kind": "diffusion", "source": f"./models/{model_id}", "revision": "test-build",
-            "sha256": weights_sha256(policies / "models" / model_id), "license": LICENSE,
-            "defaults": {"width": 32, "height": 32, "steps": 4, "guidance": 5.0}, **fields})
+        entries.append({"id": model_id, "source": f"./models/{model_id}",
+                        "sha256": weights_sha256(policies / "models" / model_id), **fields})
         if with_lora:
-            lora = policies / "loras" / f"{model_id}-house"
-            build_tiny_lora(policies / "models" / model_id, lora)
-            brand(f"house-{model_id}", f"{model_id}-house", f"loras/{model_id}-house", model_id)
+            build_tiny_lora(policies / "models" / model_id, policies / "loras" / f"{model_id}-house")
+    _catalog_with(policies, *entries)
+    for model_id, (_, _, with_lora) in FAMILIES.items():
+        if with_lora:
+            _brand(policies, f"house-{model_id}", f"{model_id}-house", f"loras/{model_id}-house", model_id)
     sdxl_lora = policies / "loras" / "tiny-sdxl-house"
     kohya_copy(sdxl_lora, policies / "loras" / "house-kohya.safetensors")
     kohya_sgm_copy(policies / "models" / "tiny-sdxl", sdxl_lora, policies / "loras" / "house-sgm.safetensors")
     for name in ("kohya", "sgm"):
-        brand(name, f"house-{name}", f"loras/house-{name}.safetensors", "tiny-sdxl")
-    (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+        _brand(policies, name, f"house-{name}", f"loras/house-{name}.safetensors", "tiny-sdxl")
     monkeypatch.setenv("LDM_BATCH_POLICIES_DIR", str(policies))
     monkeypatch.setenv("LDM_BATCH_ORGANISATION_REVENUE_USD", "250000")  # under SD 3.5's threshold
 
@@ -127,21 +134,6 @@ def test_a_hub_model_at_a_moving_revision_is_refused_before_generation(prefect_h
     assert "stabilityai/stable-diffusion-xl-base-1.0: a hub id must be pinned to a commit" in error["error"]
     assert "revision 'main'" in error["error"]
     assert AuditLog(settings.audit_url).query(campaign="xl", kind="image") == []
-
-
-def _catalog_with(policies: Path, *entries: dict) -> None:
-    catalog = yaml.safe_load((policies / "models.yaml").read_text())
-    catalog["local_weights_roots"].append("models")
-    catalog["models"] += [{"kind": "diffusion", "revision": "test-build", "license": LICENSE,
-                           "defaults": {"width": 32, "height": 32, "steps": 4, "guidance": 5.0}, **entry}
-                          for entry in entries]
-    (policies / "models.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
-
-
-def _brand(policies: Path, brand: str, lora_id: str, source: str, base_model: str) -> None:
-    (policies / "brands" / f"{brand}.yaml").write_text(yaml.safe_dump({"id": brand, "loras": [{
-        "id": lora_id, "source": f"./{source}", "sha256": weights_sha256(policies / source), "base_model": base_model,
-        "license": LICENSE}]}))
 
 
 def test_a_single_file_sdxl_checkpoint_runs_with_its_named_configs_and_reproduces(prefect_harness, settings,

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,13 @@ from conftest import REPO, free_base_port
 from ldm_batch.audit import AuditLog
 from ldm_batch.config import Settings
 from ldm_batch.inbox import Inbox
+from ldm_batch.serve import free_port
 from ldm_batch.storage import ObjectStore
 
 SHEET = ("asset_id,prompt,brand,variants,seed\n"
          "op-1,a red circle on a white background,acme,3,1\n"
          "op-2,a blue square on a yellow background,globex,2,2\n"
          "op-3,a green triangle on a purple background,,3,3\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

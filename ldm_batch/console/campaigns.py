@@ -23,7 +23,8 @@ from ldm_batch.config import Settings, settings_in_use
 from ldm_batch.contact_sheet import contact_sheet
 from ldm_batch.console.csrf import check_csrf
 from ldm_batch.inbox import Inbox
-from ldm_batch.schedules import ScheduleError, add_schedule, change_schedule, prefect_server, schedules_of
+from ldm_batch.schedules import (ScheduleError, add_schedule, change_schedule, prefect_client, prefect_server,
+                                 schedules_of)
 from ldm_batch.sheet_check import SheetCheck, check_sheet
 from ldm_batch.sheets import SAFE_NAME
 from ldm_batch.storage import ObjectStore
@@ -58,12 +59,13 @@ def router(c: Console) -> APIRouter:
         key = found[0]["Key"]
         return PurePosixPath(key).name, c.store.get(key)
 
-    def checked(author: str, sha: str, use: str) -> SheetCheck:
+    def checked(author: str, sha: str, use: str) -> tuple[SheetCheck, bytes]:
+        """The author's upload checked for `use`, and its bytes."""
         if use not in USES:
             raise HTTPException(400, f"use must be one of {', '.join(USES)}")
         name, data = upload_of(author, sha)
         return check_sheet(name, data, use, c.policies, c.screen, c.log, c.settings.organisation_revenue_usd,
-                           c.settings.campaign_budget)
+                           c.settings.campaign_budget), data
 
     @routes.get("/campaigns")
     def campaigns(request: Request):
@@ -98,7 +100,7 @@ def router(c: Console) -> APIRouter:
     @routes.get("/campaigns/{sha}")
     def campaign(request: Request, sha: str, use: str = "commercial"):
         author = c.signed_in(request, "author")
-        check = checked(author, sha, use)
+        check, _ = checked(author, sha, use)
         run = _run_of(c, author, sha)
         if run is None and _waiting(c, sha):  # started; the sweep has not begun the run yet
             return c.page(request, "run.html", check=check, run={"campaign": "starting"}, images=[],
@@ -112,7 +114,7 @@ def router(c: Console) -> APIRouter:
     @routes.get("/campaigns/{sha}/errors.csv")
     def errors(request: Request, sha: str, use: str = "commercial"):
         author = c.signed_in(request, "author")
-        check = checked(author, sha, use)
+        check, _ = checked(author, sha, use)
         report = _csv([{"row": p.row, "column": p.column, "message": p.message} for p in check.errors],
                       ["row", "column", "message"])
         return Response(report, media_type="text/csv",
@@ -122,14 +124,13 @@ def router(c: Console) -> APIRouter:
     def start(request: Request, sha: str, use: str = Form(...), campaign: str = Form(...), csrf: str = Form("")):
         author = c.signed_in(request, "author")
         check_csrf(request, csrf)
-        check = checked(author, sha, use)
+        check, data = checked(author, sha, use)
         if not SAFE_NAME.match(campaign):
             raise HTTPException(400, "campaign: use letters, digits, '.', '_' and '-'")
         if not check.startable:
             return c.page(request, "check.html", 400, check=check, uses=USES, campaign=campaign,
                           error="this sheet cannot start; see the problems below")
-        name, data = upload_of(author, sha)
-        item = Inbox(c.store, c.settings.inbox_prefix).submit(name, data, campaign, use, submitted_by=author)
+        item = Inbox(c.store, c.settings.inbox_prefix).submit(check.name, data, campaign, use, submitted_by=author)
         start_sweep(c.settings, item.key)
         return RedirectResponse(f"/campaigns/{sha}?use={use}", 303)
 
@@ -188,12 +189,11 @@ def router(c: Console) -> APIRouter:
             if action == "add":
                 if not SAFE_NAME.match(campaign):
                     raise ScheduleError("campaign: use letters, digits, '.', '_' and '-'")
-                check = checked(author, sha, use)
+                check, data = checked(author, sha, use)
                 if check.errors:
                     raise ScheduleError(f"{check.name} has {len(check.errors)} problem(s); open it to see them")
-                name, data = upload_of(author, sha)
-                key = f"{c.settings.sheets_prefix}{author}/{name}"  # where deployment runs may read sheets
-                c.store.put_report(key, data, "text/csv" if name.endswith(".csv") else "application/octet-stream")
+                key = f"{c.settings.sheets_prefix}{author}/{check.name}"  # where deployment runs may read sheets
+                c.store.put_report(key, data, "text/csv" if check.name.endswith(".csv") else "application/octet-stream")
                 add_schedule(author, f"s3://{c.store.bucket}/{key}", campaign, use, cron, timezone)
             else:
                 change_schedule(author, schedule, action)
@@ -302,11 +302,10 @@ def _deployment_served() -> bool:
     """Whether the configured Prefect server (PREFECT_API_URL) serves the inbox sweep."""
     if not prefect_server():
         return False
-    from prefect.client.orchestration import SyncPrefectClient
     from prefect.exceptions import ObjectNotFound
 
     try:
-        with SyncPrefectClient(prefect_server()) as client:
+        with prefect_client() as client:
             client.read_deployment_by_name("inbox-sweep/inbox-sweep")
         return True
     except ObjectNotFound:
