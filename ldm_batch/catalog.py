@@ -23,7 +23,8 @@ LOADING = threading.RLock()
 
 
 # What a loader reads from a checkpoint folder: weights, configs, tokenizers. All of it is pinned.
-PINNED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".onnx"}
+# (.npz: numpy arrays, read with allow_pickle=False; the multilingual sentence encoder ships so.)
+PINNED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".onnx", ".npz"}
 
 
 def weights_sha256(path: Path) -> str:
@@ -31,7 +32,7 @@ def weights_sha256(path: Path) -> str:
     "relative/path digest" line each): a changed config or tokenizer changes the pin too."""
     if path.is_file():
         return _file_sha256(path)
-    if not any(path.rglob("*.safetensors")):
+    if not any(path.rglob("*.safetensors")) and not any(path.rglob("*.npz")):
         raise CatalogError(f"{path}: no .safetensors weights found (pickle formats are not loaded)")
     return folder_sha256(file_digests(path))
 

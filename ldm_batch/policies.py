@@ -38,6 +38,8 @@ class TextCategory(Strict):
     context_terms: list[str] = Field([], description="when set, `terms` count only together with one of "
                                                      "these or with another category's rule hit")
     threshold: float = Field(0.5, gt=0, le=1, description="classifier probability at which it fires")
+    language_terms: dict[str, list[str]] = Field({}, description="terms that apply only to prompts identified "
+                                                                 "as that language (harmless words elsewhere)")
 
 
 class TextClassifierSpec(Strict):

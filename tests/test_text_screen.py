@@ -68,7 +68,7 @@ def test_classifier_reason_names_its_probability(screen):
     verdict = decide(screen, "a crowd chanting slogans against one race at a torch march")
     assert verdict.decision != "allow"
     assert any("classifier" in reason for reason in verdict.reasons), verdict.reasons
-    assert "all-minilm-l6-v2" in verdict.screen
+    assert "use-multilingual-v3" in verdict.screen
 
 
 def test_review_category_holds_without_blocking(screen):

@@ -1,9 +1,13 @@
 """Text safety screen: policy rules plus a transformers classifier.
 
-Rules: prompts are normalised (Unicode NFKC, case, leetspeak such as "nud3", spacing
-tricks such as "n u d e") into words; allow-listed phrases ("killer deal", "bloody mary")
-are taken out; each category's terms then match as whole word sequences, so "killer" never
-matches "painkiller".
+Rules: prompts are normalised (Unicode NFKC, case, accents on Latin letters, leetspeak such
+as "nud3", spacing tricks such as "n u d e", hyphens and apostrophes as word breaks) into
+words; allow-listed phrases ("killer deal", "Killer-Angebot", "bloody mary") are taken out;
+each category's terms then match as whole word sequences, so "killer" never matches
+"painkiller". A term ending in "*" matches any word that starts so ("zwłok*": zwłoki, zwłok),
+for inflected languages; a term in a script written without spaces (Japanese) matches
+anywhere in the text; `language_terms` apply only to prompts identified as that language
+(words that are harmless in others: Dutch and German "kind").
 Classifier: per-category probabilities for the prompt with the allow-listed phrases taken
 out (ldm_batch.safety.text_classifier); at or above the category's threshold it fires.
 A category fires when either fires; the decision is the strictest action that fired.
@@ -13,6 +17,7 @@ that reason.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -26,7 +31,8 @@ from ldm_batch.safety.language import LanguageIdentifier, load_lexicon, normalis
 from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
-WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*|[@$]")
+WORD = re.compile(r"[^\W_]+|[@$]")
+UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
 
@@ -52,9 +58,20 @@ class PromptVerdict(BaseModel):
             "reasons": self.reasons + [f"negative prompt: {r}" for r in negative.reasons]})
 
 
+def fold_accents(text: str) -> str:
+    """Latin letters without their accents ("cadáver": "cadaver"); other scripts unchanged."""
+    out = []
+    for char in unicodedata.normalize("NFKD", text):
+        if unicodedata.combining(char) and out and out[-1] < "\u0250":
+            continue
+        out.append(char)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
 def words(text: str) -> list[str]:
-    """Normalised words: NFKC, case-folded, leetspeak undone, spaced-out letters joined."""
-    tokens = WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    """Normalised words: NFKC, case-folded, accents folded, leetspeak undone, spaced-out
+    letters joined."""
+    tokens = WORD.findall(fold_accents(unicodedata.normalize("NFKC", text).casefold()))
     tokens = [t.translate(LEET) if any(c.isalpha() for c in t) or t in "@$" else t for t in tokens]
     joined: list[str] = []
     run: list[str] = []
@@ -76,26 +93,55 @@ def _find(haystack: list[str | None], phrase: list[str]) -> list[int]:
     return [i for i in range(len(haystack) - n + 1) if haystack[i : i + n] == phrase]
 
 
+@functools.lru_cache(maxsize=8192)
+def term_words(term: str) -> tuple[str, ...]:
+    """A policy term as the words it matches; a word written with a trailing "*" is a prefix."""
+    found = []
+    for chunk in term.split():
+        chunk_words = words(chunk)
+        if chunk.endswith("*") and chunk_words:
+            chunk_words[-1] += "*"
+        found += chunk_words
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=8192)
+def _term_pattern(term: str) -> re.Pattern:
+    """The term as a regular expression over the prompt's words joined by spaces (or, for a
+    script written without spaces, over its words joined without them)."""
+    if UNSPACED.search(term):
+        return re.compile(re.escape("".join(term_words(term))))
+    parts = [re.escape(w[:-1]) + "[^ ]*" if w.endswith("*") else re.escape(w) for w in term_words(term)]
+    return re.compile("(?:^| )" + " ".join(parts) + "(?= |$)")
+
+
 def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy) -> list[str | None]:
     """The prompt's words with allow-listed phrases masked (None), so nothing matches them."""
     tokens: list[str | None] = list(words(prompt))
     for phrase in policy.allow_phrases:
-        target = words(phrase)
+        target = list(term_words(phrase))
         for start in _find(tokens, target):
             tokens[start : start + len(target)] = [None] * len(target)
     return tokens
 
 
-def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy) -> dict[str, list[str]]:
+def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str | None = None) -> dict[str, list[str]]:
     """Matched terms per category. A category with context terms (e.g. minors: a word for a
     child) fires only beside one of them or beside another category's hit."""
+    spaced = " ".join(t if t is not None else "\0" for t in tokens)  # an allowed phrase joins nothing
+    unspaced = "".join(t for t in tokens if t is not None)
 
     def matched(terms: list[str]) -> list[str]:
-        return [term for term in terms if _find(tokens, words(term))]
+        return [term for term in terms
+                if _term_pattern(term).search(unspaced if UNSPACED.search(term) else spaced)]
 
-    hits = {name: found for name, c in policy.categories.items() if not c.context_terms and (found := matched(c.terms))}
+    def terms_of(category) -> list[str]:
+        return category.terms + category.language_terms.get(language or "", [])
+
+    hits = {name: found for name, c in policy.categories.items()
+            if not c.context_terms and (found := matched(terms_of(c)))}
     for name, category in policy.categories.items():
-        if category.context_terms and (found := matched(category.terms)):
+        if category.context_terms and (found := matched(terms_of(category))):
             context = matched(category.context_terms) + [term for other in hits.values() for term in other]
             if context:
                 hits[name] = found + [f"in context of {', '.join(context)}"]
@@ -144,6 +190,7 @@ class TextScreen:
             rules = [r.model_copy(update={"categories": {**r.categories, **self.policy.negative_prompt_categories}})
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
+        identified = [self.languages.identify(text) for text, _ in normalised]
         masked = [without_allowed_phrases(text, self.policy) for text, _ in normalised]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
@@ -153,13 +200,15 @@ class TextScreen:
                 classifier_scores = on_torch_thread(self.classifier.scores, texts)
             except Exception as exc:  # any classifier fault: fail closed, say why
                 failure = f"text classifier failed: {type(exc).__name__}: {exc}"
-        verdicts = [self._verdict(p, m, s, r, failure) for p, m, s, r in zip(prompts, masked, classifier_scores, rules)]
-        return [self._in_language(v, text, changes) for v, (text, changes) in zip(verdicts, normalised)]
+        verdicts = [self._verdict(p, m, s, r, failure, language)
+                    for p, m, s, r, (language, _) in zip(prompts, masked, classifier_scores, rules, identified)]
+        return [self._in_language(v, text, changes, language, probability)
+                for v, (text, changes), (language, probability) in zip(verdicts, normalised, identified)]
 
-    def _in_language(self, verdict: PromptVerdict, text: str, changes: list[str]) -> PromptVerdict:
+    def _in_language(self, verdict: PromptVerdict, text: str, changes: list[str], language: str,
+                     probability: float) -> PromptVerdict:
         """The verdict with the prompt's language and normalisation; a language the screen was
         not measured on is never allowed (held for review, or blocked, by policy)."""
-        language, probability = self.languages.identify(text)
         update: dict = {"language": language}
         reasons = list(verdict.reasons)
         if changes:
@@ -173,7 +222,7 @@ class TextScreen:
         return verdict.model_copy(update={**update, "reasons": reasons})
 
     def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
-                 policy: TextSafetyPolicy, failure: str | None) -> PromptVerdict:
+                 policy: TextSafetyPolicy, failure: str | None, language: str) -> PromptVerdict:
         if classified is not None and not failure:  # a missing or NaN score is no evidence of safety
             unusable = [name for name in self.classifier.categories
                         if name in policy.categories and not math.isfinite(classified.get(name, math.nan))]
@@ -182,7 +231,7 @@ class TextScreen:
         if failure:
             return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
                                  reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
-        hits = rule_hits(masked, policy)
+        hits = rule_hits(masked, policy, language)
         fired, reasons, scores = [], [], {}
         for name, category in policy.categories.items():
             probability = (classified or {}).get(name, 0.0)

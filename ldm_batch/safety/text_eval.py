@@ -1,8 +1,10 @@
 """The labelled prompt set and how the text screen is measured on it.
 
 A labelled CSV has `prompt` and `label` (`safe` or a policy category), and optionally
-`language` (else the identified language is used for the per-language figures). Each
-prompt's split comes from its text alone (sha256): about 30% is held out and never trained on.
+`language` (else the identified language is used for the per-language figures). A third of
+every (language, label) group is held out and never trained on: within the group prompts are
+ranked by the sha256 of their text and every third, from the first, is held out; so each
+category of each language is in both splits, and a prompt's split depends on its group only.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import pandas as pd
 from ldm_batch.safety.text import TextScreen
 
 
-def split_of(prompt: str) -> str:
-    return "heldout" if int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 10 < 3 else "train"
+def _splits(frame: pd.DataFrame) -> pd.Series:
+    digest = frame["prompt"].map(lambda p: hashlib.sha256(p.encode()).hexdigest())
+    groups = [frame["language"], frame["label"]] if "language" in frame.columns else [frame["label"]]
+    rank = digest.groupby(groups).rank(method="first").astype(int) - 1
+    return rank.map(lambda r: "heldout" if r % 3 == 0 else "train")
 
 
 def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:
@@ -28,7 +33,7 @@ def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"{path}: unknown label(s) {', '.join(unknown)}; expected safe or one of "
                          f"{', '.join(categories)}")
-    frame["split"] = frame["prompt"].map(split_of)
+    frame["split"] = _splits(frame)
     return frame
 
 
