@@ -37,9 +37,10 @@ def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600
     return linear.weight.detach().contiguous(), linear.bias.detach().contiguous(), loss.item()
 
 
-def cross_validate(embeddings: torch.Tensor, targets: torch.Tensor, rule_flags: torch.Tensor, folds: int = 5) -> None:
+def cross_validate(embeddings: torch.Tensor, targets: torch.Tensor, rule_flags: torch.Tensor,
+                   english: torch.Tensor, folds: int = 5) -> None:
     """Out-of-fold scores on the train split, with the rules, to choose the classifier's
-    threshold without looking at the held-out part."""
+    threshold, in English and in the other languages, without looking at the held-out part."""
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))
     scores = torch.zeros_like(targets)
     for k in range(folds):
@@ -48,10 +49,12 @@ def cross_validate(embeddings: torch.Tensor, targets: torch.Tensor, rule_flags: 
         weight, bias, _ = train_head(embeddings[train], targets[train])
         scores[test] = torch.sigmoid(embeddings[test] @ weight.T + bias)
     safe = targets.sum(dim=1) == 0
-    for threshold in (0.5, 0.6, 0.7, 0.8, 0.9):
+    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         flagged = (scores >= threshold).any(dim=1) | rule_flags
-        print(f"threshold {threshold}: out-of-fold unsafe recall {flagged[~safe].float().mean():.3f}, "
-              f"safe false-positive rate {flagged[safe].float().mean():.3f} (rules + classifier)")
+        figures = [f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, "
+                   f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
+                   for name, group in (("English", english), ("other languages", ~english))]
+        print(f"threshold {threshold}, out of fold, rules + classifier: {'; '.join(figures)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     targets = torch.tensor([[float(label == c) for c in categories] for label in train["label"]])
     rule_flags = torch.tensor([bool(rule_hits(without_allowed_phrases(p, policies.text_safety), policies.text_safety))
                                for p in train["prompt"]])
-    cross_validate(embeddings, targets, rule_flags)
+    languages = train["language"] if "language" in train.columns else ["en"] * len(train)
+    cross_validate(embeddings, targets, rule_flags, torch.tensor([language == "en" for language in languages]))
     weight, bias, loss = train_head(embeddings, targets)
     digest = hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()
     out = args.policies / spec.head
