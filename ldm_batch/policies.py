@@ -7,7 +7,7 @@ file and the field, so a broken policy is refused before any work starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -107,6 +107,10 @@ class ImageSafetyPolicy(Strict):
     special_care: list[ImageConcept] = []
     special_care_adjustment: float = Field(0.1, ge=0, lt=1)
     nsfw: NsfwSignal | None = None
+    # Multi-scale screening: besides the whole image, n x n overlapping tiles for each n here
+    # (tiles smaller than the model's input are skipped); a concept's score is its highest.
+    tile_grids: list[Annotated[int, Field(ge=2, le=16)]] = Field(
+        [], description="e.g. [2, 4, 6]: 4 + 16 + 36 tiles more per large image")
 
 
 class Watermark(Strict):

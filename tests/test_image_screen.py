@@ -1,5 +1,6 @@
-"""Image screen: concept thresholds, special care, the open_nsfw second signal, the
-do-not-store policy, and the eval command on labelled folders."""
+"""Image screen: concept thresholds, multi-scale tiles, special care, the open_nsfw second
+signal, the do-not-store policy, and the eval command on labelled folders (per variation and
+size on held-out drawn scenes)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import REPO
 from ldm_batch.audit import AuditLog
 from ldm_batch.cli import app
-from ldm_batch.demo_kit.world import Scene, all_scenes, draw
+from ldm_batch.demo_kit.world import VARIATIONS, Scene, all_scenes, draw, write_varied
 from ldm_batch.policies import load_policies
 from ldm_batch.safety.image import ImageScreen
 from ldm_batch.storage import ObjectStore
@@ -52,6 +53,28 @@ def test_eval_image_safety_on_labelled_folders(tmp_path):
     assert (emblem["positives"], emblem["negatives"]) == (10, 30)
     assert emblem["recall"] >= 0.9 and emblem["false_positive_rate"] <= 0.1
     assert 0 < emblem["suggested_threshold"] <= 1
+
+
+def test_eval_reports_each_variation_and_size_of_held_out_drawn_scenes(tmp_path):
+    written = write_varied(tmp_path, sizes=(32, 256), emblems=2, others=3)
+    assert written == (len(VARIATIONS) * 2 - 1) * 5  # "corner" only at 256 px
+    result = CliRunner().invoke(app, ["eval", "image-safety", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)["concepts"]["a red cross on a white background"]["groups"]
+    assert set(groups) == {f"{v}-{s}" for v in VARIATIONS for s in (32, 256)} - {"corner-32"}
+    assert (groups["corner-256"]["positives"], groups["corner-256"]["negatives"]) == (2, 3)
+    assert groups["plain-256"]["recall"] == 1.0
+
+
+def test_a_small_emblem_in_a_corner_of_a_large_image_is_seen_in_tiles(tmp_path, policies):
+    corner = draw(EMBLEM, size=512, radius=0.05, centre=(0.92, 0.08))  # the cross is 10% of the side
+    tiled = ImageScreen(policies)
+    assert policies.image_safety.tile_grids and len(tiled.crops(corner)) == 1 + 4 + 16 + 36
+    assert len(tiled.crops(draw(EMBLEM))) == 1  # a 32 px image has no tile as large as the CLIP's input
+    verdict = tiled.screen_images([corner])[0]
+    assert verdict.decision == "block" and verdict.fired == ["a red cross on a white background"]
+    _, whole_only = edited_policies(tmp_path, lambda data: data.update(tile_grids=[]))
+    assert ImageScreen(whole_only).screen_images([corner])[0].decision == "allow"  # 224 px would not see it
 
 
 def test_special_care_concepts_tighten_the_others(tmp_path, emblems, policies):

@@ -154,3 +154,9 @@ def eval_image_safety(
         table.add_row(escape(text), str(m["threshold"]), str(m["recall"]), str(m["false_positive_rate"]),
                       str(m["suggested_threshold"]), str(m["recall_at_suggested"]))
     out.print(table)
+    for text, m in report["concepts"].items():
+        if len(m["groups"]) > 1:
+            groups = Table("variation-size", "recall", "FPR", "positives", "negatives", title=f"{escape(text)}: per group")
+            for group, g in m["groups"].items():
+                groups.add_row(group, *(str(g[k]) for k in ("recall", "false_positive_rate", "positives", "negatives")))
+            out.print(groups)

@@ -8,6 +8,13 @@ StableDiffusionSafetyChecker, "special care" concepts tighten the others when th
 every threshold drops by the policy's adjustment. Unlike it, nothing is blacked out: the
 verdict names every concept that fired and its score, and the image goes to quarantine.
 Text embeddings are computed once per screen; images are scored in one batch.
+
+A CLIP screen sees an image scaled to its input size (224 px for real ones), where a small
+emblem in a corner of a large image is a few pixels. With the policy's `tile_grids`, each
+image is also scored in overlapping tiles (for each n, n x n tiles of 2/(n+1) of the side,
+half overlapping, so a shape on a tile's border is whole in its neighbour), and each concept
+keeps its highest score over the whole image and the tiles. The cost is one more CLIP image
+pass per tile; tiles smaller than the model's input are not made, so small images cost nothing more.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class ImageScreen:
         with LOADING:
             model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device=device)
         self.model = model.eval()
+        size = getattr(model.visual, "image_size", 224)
+        self.input_size = size[0] if isinstance(size, (tuple, list)) else int(size)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
         self.concepts = list(self.policy.concepts) + list(self.policy.special_care)
         texts = [c.text for c in self.concepts] + list(self.policy.neutral_concepts)
@@ -69,16 +78,40 @@ class ImageScreen:
         """Per image: each concept's probability against the neutral concepts."""
         return on_torch_thread(self._scores, images)
 
+    def crops(self, image: Image.Image) -> list[Image.Image]:
+        """The whole image, then its tiles for each of the policy's grids (see the module doc)."""
+        image = image.convert("RGB")
+        found = [image]
+        width, height = image.size
+        for n in self.policy.tile_grids:
+            tile = 2 * min(width, height) // (n + 1)
+            if tile < self.input_size:
+                continue
+            xs = [round(k * (width - tile) / (n - 1)) for k in range(n)]  # n evenly spaced starts per side
+            ys = [round(k * (height - tile) / (n - 1)) for k in range(n)]
+            found += [image.crop((x, y, x + tile, y + tile)) for y in ys for x in xs]
+        return found
+
     @torch.no_grad()
-    def _scores(self, images: list[Image.Image]) -> list[dict[str, float]]:
-        pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
-        embeddings = self.model.encode_image(pixels)
-        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-        logits = self.model.logit_scale.exp() * embeddings @ self.text_embeddings.T
-        n = len(self.concepts)
-        concept_logits, neutral = logits[:, :n, None], logits[:, None, n:].expand(-1, n, -1)
-        probabilities = torch.softmax(torch.cat([concept_logits, neutral], dim=2), dim=2)[:, :, 0]
-        return [{c.text: round(float(p), 6) for c, p in zip(self.concepts, row)} for row in probabilities]
+    def _scores(self, images: list[Image.Image], chunk: int = 256) -> list[dict[str, float]]:
+        crops = [self.crops(im) for im in images]
+        flat = [c for per_image in crops for c in per_image]
+        rows = []
+        for start in range(0, len(flat), chunk):
+            pixels = torch.stack([self.preprocess(c) for c in flat[start : start + chunk]]).to(self.device)
+            embeddings = self.model.encode_image(pixels)
+            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+            logits = self.model.logit_scale.exp() * embeddings @ self.text_embeddings.T
+            n = len(self.concepts)
+            concept_logits, neutral = logits[:, :n, None], logits[:, None, n:].expand(-1, n, -1)
+            rows.append(torch.softmax(torch.cat([concept_logits, neutral], dim=2), dim=2)[:, :, 0])
+        probabilities = torch.cat(rows)
+        result, start = [], 0
+        for per_image in crops:  # each concept's highest score over the image and its tiles
+            best = probabilities[start : start + len(per_image)].amax(dim=0)
+            start += len(per_image)
+            result.append({c.text: round(float(p), 6) for c, p in zip(self.concepts, best)})
+        return result
 
     def screen_images(self, images: list[Image.Image]) -> list[ImageVerdict]:
         nsfw_scores = [p.nsfw for p in self.nsfw.classify_batch(images)] if self.nsfw else [None] * len(images)

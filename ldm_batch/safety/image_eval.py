@@ -2,7 +2,9 @@
 concept category of policies/image_safety.yaml or "safe".
 
 Per concept: recall and false-positive rate at its policy threshold, and a suggested
-threshold: the lowest that keeps the false-positive rate at or under the target.
+threshold: the lowest that keeps the false-positive rate at or under the target. Files named
+GROUP-N.png (e.g. `corner-512-3.png`, as `python -m ldm_batch.demo_kit.world` writes them)
+are also reported per group: recall and false-positive rate per variation and size.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def load_labelled_images(directory: Path) -> list[tuple[str, Path]]:
 def evaluate(screen: ImageScreen, items: list[tuple[str, Path]], target_fpr: float = 0.05,
              batch: int = 64) -> dict:
     labels = [label for label, _ in items]
+    groups = [path.stem.rsplit("-", 1)[0] if "-" in path.stem else "all" for _, path in items]
     scores: list[dict[str, float]] = []
     for start in range(0, len(items), batch):
         scores += screen.scores([Image.open(path).convert("RGB") for _, path in items[start : start + batch]])
@@ -46,5 +49,20 @@ def evaluate(screen: ImageScreen, items: list[tuple[str, Path]], target_fpr: flo
             "suggested_threshold": round(suggested, 4),
             "recall_at_suggested": round(sum(p >= suggested for p in positive) / len(positive), 3) if positive else None,
             "positives": len(positive), "negatives": len(negative),
+            "groups": {group: _rates(concept, [(s, label) for s, label, g in zip(scores, labels, groups) if g == group])
+                       for group in sorted(set(groups), key=_group_order)},
         }
     return {"screen": screen.screen, "images": len(items), "target_fpr": target_fpr, "concepts": report}
+
+
+def _group_order(group: str) -> tuple:
+    name, _, size = group.rpartition("-")
+    return (name, int(size)) if size.isdigit() else (group, 0)
+
+
+def _rates(concept, scored: list[tuple[dict[str, float], str]]) -> dict:
+    positive = [s[concept.text] >= concept.threshold for s, label in scored if label == concept.category]
+    negative = [s[concept.text] >= concept.threshold for s, label in scored if label != concept.category]
+    return {"recall": round(sum(positive) / len(positive), 3) if positive else None,
+            "false_positive_rate": round(sum(negative) / len(negative), 3) if negative else None,
+            "positives": len(positive), "negatives": len(negative)}
