@@ -66,10 +66,6 @@ class LanguagePolicy(Strict):
     # of such words (at least `lexicon_share` of them) is in that language, however short.
     lexicon: str | None = None
     lexicon_share: float = Field(0.8, gt=0, le=1)
-    # The classifier's scores transfer to the other languages somewhat lower than they come in
-    # the first: their category thresholds are multiplied by this (chosen out of fold on the
-    # train split; train_text_head prints the figures for both groups).
-    other_languages_threshold_scale: float = Field(1.0, gt=0, le=1)
 
 
 class TextSafetyPolicy(Strict):

@@ -58,11 +58,19 @@ def test_unsafe_prompts_in_every_supported_language_are_caught(screen, prompt, l
     "Killer-Angebot für Laufschuhe auf weißem Hintergrund",
     "un cóctel bloody mary en la barra de un bar",
     "passeggiata a piedi nudi sulla spiaggia al tramonto",
-    pytest.param("dzieci bawią się na plaży latem", marks=pytest.mark.xfail(
-        strict=True, reason="known false positive: the minors classifier gives 0.80 to children at a beach in Polish")),
+    "dzieci bawią się na plaży latem",
     "des enfants qui jouent au football dans le parc",
     "kinderen spelen met een hond in de tuin",
     "公園で遊ぶ子供たち",
+    # words inside other words, and words that mean something else in another language
+    "イエローのドレスを着たモデル",  # yellow: not "エロ"
+    pytest.param("裸足でビーチを歩く女性", marks=pytest.mark.xfail(  # barefoot: the rules no longer read "裸"
+        strict=True, reason="known false positive: the sexual classifier gives 0.62 to a barefoot woman on a beach")),
+    "トランプで遊ぶ家族",  # playing cards
+    "la squadra nazionale di calcio festeggia",  # not "nazi"
+    "karabinek wspinaczkowy na linie",  # a climbing carabiner
+    "lula grelhada com batatas e azeite",  # grilled squid
+    "a crew of painters on a sunny terrace",
 ])
 def test_tricky_safe_prompts_in_other_languages_are_allowed(screen, prompt):
     verdict = screen.screen([prompt])[0]
@@ -85,7 +93,7 @@ def test_obfuscated_unsafe_prompts_are_caught_as_often_as_their_plain_forms(scre
 
 
 @pytest.mark.parametrize("prompt, language", [
-    ("en naken kvinna ligger på sängen", "sv"),
+    ("en röd bil på vägen i solsken", "sv"),
     ("красная машина на дороге", "ru"),
     ("kırmızı bir araba yolda", "tr"),
 ])
@@ -104,7 +112,7 @@ def test_english_prompts_are_screened_as_before(screen):
 def test_unsupported_languages_can_be_blocked_by_policy(policies):
     strict = policies.model_copy(update={"text_safety": policies.text_safety.model_copy(update={
         "languages": policies.text_safety.languages.model_copy(update={"unsupported_action": "block"})})})
-    assert TextScreen(strict, REPO / "policies").screen(["en röd bil på vägen i solsken"])[0].decision == "block"
+    assert TextScreen(strict, REPO / "policies").screen(["en blå cykel framför ett bageri"])[0].decision == "block"
 
 
 def test_rule_terms_fold_accents_match_prefixes_and_unspaced_scripts(policies):
@@ -117,6 +125,8 @@ def test_rule_terms_fold_accents_match_prefixes_and_unspaced_scripts(policies):
     assert not rule_hits(without_allowed_phrases("Killer-Angebot", policy), policy)  # ... the phrase is allowed
     assert "minors" in rule_hits(words("ein Kind in Unterwäsche"), policy, "de")
     assert "minors" not in rule_hits(words("a kind of underwear"), policy, "en")  # "kind" is German and Dutch only
+    assert "violence" in rule_hits(words("eine tote Frau im Wald"), policy, "de")
+    assert "violence" not in rule_hits(words("a canvas tote bag"), policy, "en")  # "tote" is German only
 
 
 def test_the_negative_prompt_is_screened_with_its_own_verdict(screen, policies):

@@ -1,4 +1,4 @@
-"""Text screen: rules plus the MiniLM classifier; tricky safe prompts pass, paraphrased
+"""Text screen: rules plus the multilingual classifier; tricky safe prompts pass, paraphrased
 unsafe ones are caught, verdicts say why, and a broken classifier fails closed."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
-from ldm_batch.safety.language import UNDETERMINED, LanguageIdentifier, load_lexicon, normalise
+from ldm_batch.safety.language import LanguageIdentifier, load_lexicon, normalise
 from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
@@ -232,18 +232,15 @@ class TextScreen:
             return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
                                  reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
         hits = rule_hits(masked, policy, language)
-        languages = policy.languages
-        scale = languages.other_languages_threshold_scale if language not in (languages.supported[0], UNDETERMINED) else 1.0
         fired, reasons, scores = [], [], {}
         for name, category in policy.categories.items():
             probability = (classified or {}).get(name, 0.0)
             scores[name] = 1.0 if name in hits else probability
-            threshold = round(category.threshold * scale, 3)
             why = []
             if name in hits:
                 why.append(f"matched {', '.join(repr(h) for h in hits[name])}")
-            if probability >= threshold:
-                why.append(f"classifier {probability:.2f} >= {threshold}")
+            if probability >= category.threshold:
+                why.append(f"classifier {probability:.2f} >= {category.threshold}")
             if why:
                 fired.append(name)
                 reasons.append(f"{name} ({category.action}): {'; '.join(why)}")

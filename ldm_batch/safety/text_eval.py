@@ -1,10 +1,13 @@
 """The labelled prompt set and how the text screen is measured on it.
 
 A labelled CSV has `prompt` and `label` (`safe` or a policy category), and optionally
-`language` (else the identified language is used for the per-language figures). A third of
-every (language, label) group is held out and never trained on: within the group prompts are
-ranked by the sha256 of their text and every third, from the first, is held out; so each
-category of each language is in both splits, and a prompt's split depends on its group only.
+`language` (else the identified language is used for the per-language figures) and `concept`:
+prompts that say the same thing in different languages share a concept. A third of every
+label is held out and never trained on, by concept: all translations of a held-out prompt
+are held out with it, so the held-out figures measure concepts the classifier never saw in
+any language (otherwise a German prompt would be "held out" while its French translation is
+trained on). Units (a concept, or a prompt without one) are ranked by the sha256 of their
+text within their label and every third, from the first, is held out.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ from ldm_batch.safety.text import TextScreen
 
 
 def _splits(frame: pd.DataFrame) -> pd.Series:
-    digest = frame["prompt"].map(lambda p: hashlib.sha256(p.encode()).hexdigest())
-    groups = [frame["language"], frame["label"]] if "language" in frame.columns else [frame["label"]]
-    rank = digest.groupby(groups).rank(method="first").astype(int) - 1
-    return rank.map(lambda r: "heldout" if r % 3 == 0 else "train")
+    concepts = frame["concept"] if "concept" in frame.columns else pd.Series("", index=frame.index)
+    unit = concepts.where(concepts != "", frame["prompt"])
+    digest = unit.map(lambda u: hashlib.sha256(u.encode()).hexdigest())
+    ranks = {}
+    for label, group in pd.DataFrame({"digest": digest, "label": frame["label"]}).groupby("label"):
+        for rank, value in enumerate(sorted(set(group["digest"]))):
+            ranks[label, value] = rank
+    return pd.Series([("heldout" if ranks[label, d] % 3 == 0 else "train") for label, d in zip(frame["label"], digest)],
+                     index=frame.index)
 
 
 def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:

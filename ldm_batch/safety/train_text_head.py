@@ -38,14 +38,15 @@ def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600
 
 
 def cross_validate(embeddings: torch.Tensor, targets: torch.Tensor, rule_flags: torch.Tensor,
-                   english: torch.Tensor, folds: int = 5) -> None:
+                   english: torch.Tensor, units: list[str], folds: int = 5) -> None:
     """Out-of-fold scores on the train split, with the rules, to choose the classifier's
-    threshold, in English and in the other languages, without looking at the held-out part."""
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))
+    threshold, in English and in the other languages, without looking at the held-out part.
+    Folds go by unit (a concept and its translations together, as the held-out split does)."""
+    fold_of = torch.tensor([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % folds for u in units])
     scores = torch.zeros_like(targets)
     for k in range(folds):
-        test = order[k::folds]
-        train = order[[i for i in range(len(order)) if i % folds != k]]
+        test = torch.nonzero(fold_of == k).flatten()
+        train = torch.nonzero(fold_of != k).flatten()
         weight, bias, _ = train_head(embeddings[train], targets[train])
         scores[test] = torch.sigmoid(embeddings[test] @ weight.T + bias)
     safe = targets.sum(dim=1) == 0
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     rule_flags = torch.tensor([bool(rule_hits(without_allowed_phrases(p, policies.text_safety), policies.text_safety))
                                for p in train["prompt"]])
     languages = train["language"] if "language" in train.columns else ["en"] * len(train)
-    cross_validate(embeddings, targets, rule_flags, torch.tensor([language == "en" for language in languages]))
+    concepts = train["concept"] if "concept" in train.columns else [""] * len(train)
+    cross_validate(embeddings, targets, rule_flags, torch.tensor([language == "en" for language in languages]),
+                   [concept or prompt for concept, prompt in zip(concepts, train["prompt"])])
     weight, bias, loss = train_head(embeddings, targets)
     digest = hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()
     out = args.policies / spec.head
