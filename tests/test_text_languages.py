@@ -65,7 +65,7 @@ def test_unsafe_prompts_in_every_supported_language_are_caught(screen, prompt, l
     # words inside other words, and words that mean something else in another language
     "イエローのドレスを着たモデル",  # yellow: not "エロ"
     pytest.param("裸足でビーチを歩く女性", marks=pytest.mark.xfail(  # barefoot: the rules no longer read "裸"
-        strict=True, reason="known false positive: the sexual classifier gives 0.62 to a barefoot woman on a beach")),
+        strict=True, reason="known false positive: the sexual classifier blocks a barefoot woman on a beach")),
     "トランプで遊ぶ家族",  # playing cards
     "la squadra nazionale di calcio festeggia",  # not "nazi"
     "karabinek wspinaczkowy na linie",  # a climbing carabiner
