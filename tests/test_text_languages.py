@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import DATA, REPO
-from ldm_batch.policies import load_policies
 from ldm_batch.preflight import screen_rows
 from ldm_batch.safety.language import normalise
 from ldm_batch.safety.text import TextScreen, rule_hits, without_allowed_phrases, words
