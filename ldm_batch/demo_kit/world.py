@@ -140,7 +140,7 @@ def near(rgb: tuple[int, int, int], rng: random.Random, amount: float) -> tuple[
     return tuple(round(c * (1 - a) + o * a) for c, o in zip(rgb, other))
 
 
-def degrade(image: Image.Image, rng: random.Random, blur: float = 0.0, jpeg: int | None = None) -> Image.Image:
+def degrade(image: Image.Image, blur: float = 0.0, jpeg: int | None = None) -> Image.Image:
     """Slight blur and JPEG compression, as pictures meet them after a round trip."""
     if blur:
         image = image.filter(ImageFilter.GaussianBlur(blur))
@@ -160,7 +160,7 @@ def augmented(scene: Scene, rng: random.Random) -> Image.Image:
     centre = (rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius))
     image = draw(scene, size=canvas, centre=centre, radius=radius,
                  fg_rgb=near(COLOURS[scene.fg], rng, 0.1), bg_rgb=near(COLOURS[scene.bg], rng, 0.12))
-    image = degrade(image, rng, blur=rng.uniform(0.2, 0.9) if rng.random() < 0.3 else 0.0,
+    image = degrade(image, blur=rng.uniform(0.2, 0.9) if rng.random() < 0.3 else 0.0,
                     jpeg=rng.randint(35, 90) if rng.random() < 0.3 else None)
     return image.resize((SIZE, SIZE), Image.LANCZOS)
 
@@ -185,7 +185,7 @@ def varied(scene: Scene, variation: str, size: int, rng: random.Random) -> Image
         x, y = rng.choice((0.08, 0.92)), rng.choice((0.08, 0.92))
         return draw(scene, size=size, radius=0.05, centre=(x, y))
     if variation == "jpeg":
-        return degrade(draw(scene, rng, size=size), rng, blur=0.6 * size / SIZE, jpeg=rng.randint(35, 60))
+        return degrade(draw(scene, rng, size=size), blur=0.6 * size / SIZE, jpeg=rng.randint(35, 60))
     raise ValueError(f"unknown variation {variation!r}; expected one of {', '.join(VARIATIONS)}")
 
 
@@ -196,6 +196,8 @@ def write_varied(out: Path, sizes=(32, 64, 128, 256, 512), emblems: int = 10, ot
     only at 256 px and up, where a 10% shape is 25 px or more."""
     rng = random.Random(seed)
     others_pool = [s for s in all_scenes() if not s.is_emblem]
+    for label in ("protected_emblem", "safe"):
+        (out / label).mkdir(parents=True, exist_ok=True)
     count = 0
     for variation in VARIATIONS:
         for size in sizes:
@@ -204,9 +206,7 @@ def write_varied(out: Path, sizes=(32, 64, 128, 256, 512), emblems: int = 10, ot
             chosen = [(Scene(*EMBLEM), "protected_emblem")] * emblems + \
                      [(rng.choice(others_pool), "safe") for _ in range(others)]
             for i, (scene, label) in enumerate(chosen):
-                folder = out / label
-                folder.mkdir(parents=True, exist_ok=True)
-                varied(scene, variation, size, rng).save(folder / f"{variation}-{size}-{i}.png")
+                varied(scene, variation, size, rng).save(out / label / f"{variation}-{size}-{i}.png")
                 count += 1
     return count
 

@@ -43,12 +43,9 @@ def evaluate(screen: ImageScreen, items: list[tuple[str, Path]], target_fpr: flo
         suggested = min(1.0, negative[allowed_false] + 1e-6) if len(negative) > allowed_false else 0.0
         report[concept.text] = {
             "category": concept.category, "threshold": concept.threshold,
-            "recall": round(sum(p >= concept.threshold for p in positive) / len(positive), 3) if positive else None,
-            "false_positive_rate": round(sum(n >= concept.threshold for n in negative) / len(negative), 3)
-            if negative else None,
+            **_rates(concept, list(zip(scores, labels))),
             "suggested_threshold": round(suggested, 4),
             "recall_at_suggested": round(sum(p >= suggested for p in positive) / len(positive), 3) if positive else None,
-            "positives": len(positive), "negatives": len(negative),
             "groups": {group: _rates(concept, [(s, label) for s, label, g in zip(scores, labels, groups) if g == group])
                        for group in sorted(set(groups), key=_group_order)},
         }

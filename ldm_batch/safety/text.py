@@ -106,13 +106,13 @@ def term_words(term: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8192)
-def _term_pattern(term: str) -> re.Pattern:
-    """The term as a regular expression over the prompt's words joined by spaces (or, for a
-    script written without spaces, over its words joined without them)."""
+def _term_pattern(term: str) -> tuple[re.Pattern, bool]:
+    """The term as a regular expression over the prompt's words joined by spaces, or, for a
+    script written without spaces (the second value: True), over its words joined without them."""
     if UNSPACED.search(term):
-        return re.compile(re.escape("".join(term_words(term))))
+        return re.compile(re.escape("".join(term_words(term)))), True
     parts = [re.escape(w[:-1]) + "[^ ]*" if w.endswith("*") else re.escape(w) for w in term_words(term)]
-    return re.compile("(?:^| )" + " ".join(parts) + "(?= |$)")
+    return re.compile("(?:^| )" + " ".join(parts) + "(?= |$)"), False
 
 
 def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy) -> list[str | None]:
@@ -132,8 +132,12 @@ def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str 
     unspaced = "".join(t for t in tokens if t is not None)
 
     def matched(terms: list[str]) -> list[str]:
-        return [term for term in terms
-                if _term_pattern(term).search(unspaced if UNSPACED.search(term) else spaced)]
+        found = []
+        for term in terms:
+            pattern, without_spaces = _term_pattern(term)
+            if pattern.search(unspaced if without_spaces else spaced):
+                found.append(term)
+        return found
 
     def terms_of(category) -> list[str]:
         return category.terms + category.language_terms.get(language or "", [])

@@ -24,12 +24,8 @@ def _splits(frame: pd.DataFrame) -> pd.Series:
     concepts = frame["concept"] if "concept" in frame.columns else pd.Series("", index=frame.index)
     unit = concepts.where(concepts != "", frame["prompt"])
     digest = unit.map(lambda u: hashlib.sha256(u.encode()).hexdigest())
-    ranks = {}
-    for label, group in pd.DataFrame({"digest": digest, "label": frame["label"]}).groupby("label"):
-        for rank, value in enumerate(sorted(set(group["digest"]))):
-            ranks[label, value] = rank
-    return pd.Series([("heldout" if ranks[label, d] % 3 == 0 else "train") for label, d in zip(frame["label"], digest)],
-                     index=frame.index)
+    rank = digest.groupby(frame["label"]).rank(method="dense").astype(int) - 1  # a unit's rank within its label
+    return rank.map(lambda r: "heldout" if r % 3 == 0 else "train")
 
 
 def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:
