@@ -21,7 +21,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 
 from ldm_batch import progress
 from ldm_batch.campaign import process_batch
@@ -108,6 +107,8 @@ def summarise(summary: RunSummary, run: RunContext, settings: Settings) -> RunSu
 def task_runner(settings: Settings) -> TaskRunner:
     """Where batches run: threads of this process, or the workers of a Dask cluster (one
     GPU each; every worker process loads the models once and keeps them)."""
+    from prefect_dask import DaskTaskRunner  # Dask's client loads only for runs that use it
+
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
     if settings.dask_workers:  # local worker processes get the secrets in their environment at start

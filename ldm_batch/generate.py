@@ -196,21 +196,29 @@ def load_pipeline(entry, dtype):
     """A catalog entry's pipeline and its weights' sha256: a diffusers folder (its
     model_index.json picks the pipeline class: SD 1.x/2.x, SDXL, SD3, Flux, ...) or a single-file
     checkpoint, built from the family's configs that the entry names."""
-    import diffusers
-
     path, sha = verified_path(entry.source, entry.revision, entry.sha256)
-    if path.is_dir():
-        return diffusers.AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                                   **absent_components(path)), sha
+    if path.is_dir():  # its own class, not AutoPipeline, whose import loads every pipeline diffusers has (3-4 s)
+        return pipeline_class(path).from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                    **absent_components(path)), sha
     if not entry.config:
         raise CatalogError(f"{entry.id}: {path.name} is a single-file checkpoint; name its family's diffusers "
                            "configs in the catalog entry (config: a local folder with config_sha256, or a hub id "
                            "with a 40-hex config_revision)")
     configs = verified_configs(entry.config, entry.config_revision, entry.config_sha256)
-    family = json.loads((configs / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
-    pipeline_class = getattr(diffusers, family)
-    return pipeline_class.from_single_file(str(path), config=str(configs), dtype=dtype, local_files_only=True,
-                                           **absent_components(configs)), sha
+    return pipeline_class(configs).from_single_file(str(path), config=str(configs), dtype=dtype,
+                                                    local_files_only=True, **absent_components(configs)), sha
+
+
+def pipeline_class(folder: Path):
+    """The diffusers pipeline class that a model folder's model_index.json names."""
+    import diffusers
+
+    family = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    found = getattr(diffusers, family, None) if family.endswith("Pipeline") else None
+    if found is None:
+        raise CatalogError(f"{folder / 'model_index.json'}: _class_name {family!r} is not a diffusers pipeline "
+                           "this version has")
+    return found
 
 
 def absent_components(path: Path) -> dict:

@@ -42,3 +42,17 @@ def local_flow(name: str):
 
     module, _, attribute = ENTRYPOINTS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def start_temporary_server() -> None:
+    """Start the temporary Prefect server this process would start at its first flow run,
+    now, so that a command can overlap its start (a process that imports Prefect's server
+    and migrates its database: seconds) with its own. The flow run finds it running (Prefect
+    keeps one per process). Nothing to do when PREFECT_API_URL names a server."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().start()

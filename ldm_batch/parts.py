@@ -14,17 +14,20 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ldm_batch.audit import AuditLog
 from ldm_batch.audit.seal import Sealer
 from ldm_batch.config import Settings
-from ldm_batch.generate import ImageGenerator, quiet_libraries, resolve_device
 from ldm_batch.policies import Policies, load_policies
 from ldm_batch.provenance import Marker
-from ldm_batch.safety.image import ImageScreen
 from ldm_batch.safety.text import TextScreen
 from ldm_batch.spool import Spool
 from ldm_batch.storage import ObjectStore
+
+if TYPE_CHECKING:  # torch, diffusers and open_clip load with the first generator or image screen
+    from ldm_batch.generate import ImageGenerator
+    from ldm_batch.safety.image import ImageScreen
 
 
 def policies_stamp(directory) -> tuple:
@@ -42,7 +45,6 @@ class Parts:
     _lock = threading.Lock()
 
     def __init__(self, settings: Settings, stamp: tuple = ()):
-        quiet_libraries()
         self.settings = settings
         self.stamp = stamp  # the policies folder as it was loaded
         self.policies: Policies = load_policies(settings.policies_dir)
@@ -80,6 +82,8 @@ class Parts:
     def generator(self) -> ImageGenerator:
         with self._loading:
             if self._generator is None:
+                from ldm_batch.generate import ImageGenerator
+
                 self._generator = ImageGenerator(self.policies, self.settings.device, self.settings.compile_unet)
             return self._generator
 
@@ -94,5 +98,9 @@ class Parts:
     def screen(self) -> ImageScreen:
         with self._loading:
             if self._screen is None:
+                from ldm_batch.generate import quiet_libraries, resolve_device
+                from ldm_batch.safety.image import ImageScreen
+
+                quiet_libraries()
                 self._screen = ImageScreen(self.policies, resolve_device(self.settings.device))
             return self._screen

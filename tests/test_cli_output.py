@@ -104,3 +104,27 @@ def test_commands_that_read_do_not_load_torch_diffusers_or_prefect(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_campaign_flow_loads_the_model_stack_only_when_a_batch_needs_it(tmp_path):
+    """A run whose images are all stored never generates: importing the flow and taking the
+    process's parts (policies, S3, audit log, text screen) leaves torch, diffusers, open_clip
+    and Dask unloaded; the first generator loads them."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    stack = "{'torch', 'diffusers', 'open_clip', 'distributed'}"
+    code = ("import sys\nimport flows.campaign_batch\nfrom ldm_batch.config import Settings\n"
+            "from ldm_batch.parts import Parts\n"
+            "parts = Parts.of(Settings())\nparts.text_screen.screen(['a red circle on a blue background'])\n"
+            f"print(sorted({stack} & set(sys.modules)))\n"
+            "parts.generator.pipeline(parts.policies.default_model)\n"
+            f"print(sorted({stack} & set(sys.modules)))")
+    env = {"LDM_BATCH_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = done.stdout.strip().splitlines()[-2:]
+    assert before == "[]"
+    assert after == "['diffusers', 'torch']"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -73,7 +74,8 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
         skip_invalid_rows: SkipOption = False, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Run a campaign sheet: screen, generate, screen, store and audit."""
     from ldm_batch.config import settings_in_use
-    from ldm_batch.orchestration import configure_prefect
+    from ldm_batch.orchestration import configure_prefect, local_flow, start_temporary_server
+    from ldm_batch.parts import Parts
 
     check_campaign(campaign, as_json)
     with Invocation(config, as_json) as inv:
@@ -81,13 +83,19 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
             read_checked(inv, sheet, skip_invalid_rows)  # before starting any server: bad sheets exit fast
         configure_prefect(inv.settings.home)
         try:
-            settings = inv.store()
-            if sheet.startswith("s3://"):
-                read_checked(inv, sheet, skip_invalid_rows)
-            if not sheet.startswith("s3://"):  # the user named this file; the flow may read its folder
-                settings = settings.model_copy(update={"sheet_roots": [Path(sheet).resolve().parent]})
+            with ThreadPoolExecutor(max_workers=3, thread_name_prefix="start-up") as start_up:
+                # Prefect's temporary server, the flow's imports and the text screen start beside SeaweedFS
+                server = start_up.submit(start_temporary_server)
+                flow = start_up.submit(local_flow, "campaign-batch")
+                settings = inv.store()  # here: the embedded server's stop is tied to this thread's signals
+                if sheet.startswith("s3://"):
+                    read_checked(inv, sheet, skip_invalid_rows)
+                if not sheet.startswith("s3://"):  # the user named this file; the flow may read its folder
+                    settings = settings.model_copy(update={"sheet_roots": [Path(sheet).resolve().parent]})
+                start_up.submit(lambda: Parts.of(settings).text_screen)
+                server.result()
             with settings_in_use(settings):
-                summary = _run_flow(sheet, campaign, use.value, skip_invalid_rows, quiet=as_json)
+                summary = _run_flow(flow.result(), sheet, campaign, use.value, skip_invalid_rows, quiet=as_json)
         except typer.Exit:
             raise
         except Refused as exc:
@@ -105,9 +113,8 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
         raise typer.Exit(1)
 
 
-def _run_flow(sheet: str, campaign: str | None, use: str, skip_invalid_rows: bool, quiet: bool):
+def _run_flow(campaign_batch, sheet: str, campaign: str | None, use: str, skip_invalid_rows: bool, quiet: bool):
     from ldm_batch import progress
-    from ldm_batch.orchestration import local_flow
 
     columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
@@ -121,8 +128,7 @@ def _run_flow(sheet: str, campaign: str | None, use: str, skip_invalid_rows: boo
 
         stop_listening = progress.listen(on_event)
         try:
-            return local_flow("campaign-batch")(sheet=sheet, campaign=campaign, use=use,
-                                                skip_invalid_rows=skip_invalid_rows)
+            return campaign_batch(sheet=sheet, campaign=campaign, use=use, skip_invalid_rows=skip_invalid_rows)
         finally:
             stop_listening()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from PIL import Image
 from pydantic import BaseModel
 
@@ -48,6 +47,7 @@ class ImageScreen:
 
     def _load(self, policies: Policies, device: str) -> None:
         import open_clip
+        import torch
 
         self.policy: ImageSafetyPolicy = policies.image_safety
         entry = policies.models[self.policy.screen_model]
@@ -92,19 +92,21 @@ class ImageScreen:
             found += [image.crop((x, y, x + tile, y + tile)) for y in ys for x in xs]
         return found
 
-    @torch.no_grad()
     def _scores(self, images: list[Image.Image], chunk: int = 256) -> list[dict[str, float]]:
+        import torch
+
         crops = [self.crops(im) for im in images]
         flat = [c for per_image in crops for c in per_image]
         rows = []
-        for start in range(0, len(flat), chunk):
-            pixels = torch.stack([self.preprocess(c) for c in flat[start : start + chunk]]).to(self.device)
-            embeddings = self.model.encode_image(pixels)
-            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-            logits = self.model.logit_scale.exp() * embeddings @ self.text_embeddings.T
-            n = len(self.concepts)
-            concept_logits, neutral = logits[:, :n, None], logits[:, None, n:].expand(-1, n, -1)
-            rows.append(torch.softmax(torch.cat([concept_logits, neutral], dim=2), dim=2)[:, :, 0])
+        with torch.no_grad():
+            for start in range(0, len(flat), chunk):
+                pixels = torch.stack([self.preprocess(c) for c in flat[start : start + chunk]]).to(self.device)
+                embeddings = self.model.encode_image(pixels)
+                embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+                logits = self.model.logit_scale.exp() * embeddings @ self.text_embeddings.T
+                n = len(self.concepts)
+                concept_logits, neutral = logits[:, :n, None], logits[:, None, n:].expand(-1, n, -1)
+                rows.append(torch.softmax(torch.cat([concept_logits, neutral], dim=2), dim=2)[:, :, 0])
         probabilities = torch.cat(rows)
         result, start = [], 0
         for per_image in crops:  # each concept's highest score over the image and its tiles
