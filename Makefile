@@ -29,7 +29,7 @@ serve: install
 	LDM_BATCH_HOME=$(HOME_DIR) $(BIN)/ldm-batch serve
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(HOME_DIR) .pytest_cache

@@ -359,7 +359,8 @@ def product(home: Path, batch: int) -> Iterator[None]:
     from ldm_batch.orchestration import configure_prefect
     from ldm_batch.serve import prefect_server
 
-    with prefect_server(home, 28420) as api, embedded_s3(home, 28333) as server:
+    with prefect_server(home / "prefect-server", 28420) as prefect, embedded_s3(home, 28333) as server:
+        api = prefect.ready()
         os.environ.update(PREFECT_API_URL=api, LDM_BATCH_HOME=str(home), LDM_BATCH_BATCH_SIZE=str(batch),
                           LDM_BATCH_SHEET_ROOTS=json.dumps([str(home)]),
                           LDM_BATCH_S3_ENDPOINT_URL=server.endpoint_url, LDM_BATCH_S3_ACCESS_KEY_ID=server.access_key_id,

@@ -91,8 +91,10 @@ def user_paths(rows: list[tuple[str, str, str]]) -> dict:
 
 
 def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
-    """(c): `ldm-batch serve`, a first sheet, then a second: seconds from its submit to its first
-    image record, and the GPU worker's model loads over both."""
+    """(c): `ldm-batch serve`, a first sheet, then a second and a third: seconds from submitting
+    the first two to their first image record, the GPU worker's model loads over all three and its
+    memory after each."""
+    import psutil
     from distributed import Client
 
     from ldm_batch.audit import AuditLog
@@ -122,8 +124,10 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
                       "LDM_BATCH_S3_SECRET_ACCESS_KEY": creds["secret_access_key"]}
         audit = AuditLog(Settings(home=stack_home).audit_url)
         audit.migrate()  # the stack's first flow run would make the tables; the polling below needs them now
-        seconds = []
-        for name, part in (("first", rows[:12]), ("second", [(f"b-{a}", p, b) for a, p, b in rows[12:24]])):
+        seconds, rss = [], []
+        sheets = [("first", rows[:12]), ("second", [(f"b-{a}", p, b) for a, p, b in rows[12:24]]),
+                  ("third", [(f"c-{a}", p, b) for a, p, b in rows[24:36]])]
+        for name, part in sheets:
             sheet = home / f"{name}.csv"
             sheet.write_text("asset_id,prompt,brand,seed\n" + "".join(f"{a},{p},{b},{i}\n"
                                                                        for i, (a, p, b) in enumerate(part)))
@@ -140,10 +144,15 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
                     raise SystemExit(f"sheet {name} did not finish; see {stack_home}")
                 time.sleep(0.2)
             seconds.append(first_image if first_image is not None else time.perf_counter() - started)
+            with Client(dask) as client:  # the GPU worker's memory once the sheet is done
+                (resident,) = client.run(lambda: psutil.Process().memory_info().rss).values()
+            rss.append(resident)
         with Client(dask) as client:
             (loads,) = client.run(Parts.model_loads).values()
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=120)
     return {"serve_first_sheet_first_image_seconds": round(seconds[0], 1),
-            "serve_second_sheet_first_image_seconds": round(seconds[1], 1), "serve_gpu_worker_loads": loads}
+            "serve_second_sheet_first_image_seconds": round(seconds[1], 1), "serve_gpu_worker_loads": loads,
+            "serve_gpu_worker_rss_mb_after_each_sheet": [round(r / 2**20) for r in rss],
+            "serve_gpu_worker_rss_growth_pct_sheet_2_to_3": round(100 * (rss[2] - rss[1]) / rss[1], 2)}

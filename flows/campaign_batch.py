@@ -53,9 +53,21 @@ def load_sheet(uri: str, settings: Settings, skip_invalid_rows: bool) -> Sheet:
 
 
 @task(cache_policy=NO_CACHE)
-def screen_text(sheet: Sheet, settings: Settings) -> list[ScreenedRow]:
+def screen_text(sheet: Sheet, settings: Settings, secrets: tuple[str, ...] = ()) -> list[ScreenedRow]:
+    settings = fill_secrets(settings, secrets) if secrets else settings  # on a Dask worker: its own secrets
     parts = Parts.of(settings)
     return screen_rows(sheet.rows, parts.text_screen, parts.policies)
+
+
+def screened(sheet: Sheet, settings: Settings) -> list[ScreenedRow]:
+    """The text screen's verdicts on the sheet's rows. With long-lived Dask workers (under
+    `ldm-batch serve`) a worker screens them: its text screen stays loaded between sheets,
+    while a process worker's flow run is a new process that would load it for every sheet."""
+    if not settings.dask_address:
+        return screen_text(sheet, settings)
+    shipped, secrets = split_secrets(settings)
+    with task_runner(settings) as runner:
+        return runner.submit(screen_text, {"sheet": sheet, "settings": shipped, "secrets": secrets}).result()
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
@@ -170,7 +182,7 @@ def campaign_batch(sheet: str, campaign: str | None = None,
     upload_spooled(parts.audit, parts.store, parts.spool)  # images an earlier run audited but could not store
 
     parsed = load_sheet(sheet, settings, skip_invalid_rows)
-    rows = screen_text(parsed, settings)
+    rows = screened(parsed, settings)
     run = RunContext(run_id=str(uuid.uuid4()), campaign=campaign or sheet_stem(parsed.name), use=use,
                      sheet=parsed.name)
     parts.audit.start_run(run.run_id, run.campaign, parsed.name, parsed.sha256, by=started_by)

@@ -117,7 +117,8 @@ def _args(data: Path, identities: Path, base_port: int) -> list[str]:
         ports.append(f"-{flag}={base_port + offset}")
     return [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-filer.disableDirListing",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}", *ports]
+            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}", *ports,
+            "-volume.preStopSeconds=0"]  # one volume server: no peer to take its traffic while it stops
 
 
 @contextmanager

@@ -1,13 +1,20 @@
 """Prefect settings for running offline: call before Prefect is imported.
 
-With no PREFECT_API_URL, Prefect starts a temporary local server per process; these
-defaults keep its state under the project's home and stop it calling telemetry hosts.
+With no PREFECT_API_URL, `ldm-batch run` starts a Prefect server of its own for the command
+(`temporary_server`) and other commands get Prefect's temporary server at their first flow
+run; these defaults keep its state under the project's home and stop it calling telemetry hosts.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ldm_batch.serve import PrefectServer
 
 
 def configure_prefect(home: Path) -> None:
@@ -44,15 +51,22 @@ def local_flow(name: str):
     return getattr(importlib.import_module(module), attribute)
 
 
-def start_temporary_server() -> None:
-    """Start the temporary Prefect server this process would start at its first flow run,
-    now, so that a command can overlap its start (a process that imports Prefect's server
-    and migrates its database: seconds) with its own. The flow run finds it running (Prefect
-    keeps one per process). Nothing to do when PREFECT_API_URL names a server."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+@contextmanager
+def temporary_server(timeout: float = 90.0) -> Iterator[PrefectServer | None]:
+    """For a command that runs a flow in this process: a Prefect server of its own for the
+    block (`prefect server start`, the API alone, its database under PREFECT_HOME), unless
+    PREFECT_API_URL names one (then None). It starts at once and this process's
+    PREFECT_API_URL names it, so enter this before Prefect is imported; call `ready()` before
+    the flow runs. Prefect's own temporary server would start only at the first flow run,
+    after this process imported its server module: seconds later, one after another."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield None
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from ldm_batch.serve import free_port, prefect_server
 
-    SubprocessASGIServer().start()
+    with prefect_server(Path(os.environ["PREFECT_HOME"]), free_port(), services=False, timeout=timeout) as server:
+        os.environ["PREFECT_API_URL"] = server.api
+        try:
+            yield server
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)

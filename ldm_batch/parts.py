@@ -55,6 +55,7 @@ class Parts:
         self._generator: ImageGenerator | None = None
         self._screen: ImageScreen | None = None
         self._text_screen: TextScreen | None = None
+        self.screen_loads: Counter = Counter()
         self._loading = threading.Lock()
 
     @classmethod
@@ -67,10 +68,12 @@ class Parts:
 
     @classmethod
     def model_loads(cls) -> dict[str, int]:
-        """What this process's generators loaded from disk ("model:ID", "lora:ID"), over all sets."""
+        """What this process loaded from disk, over all sets: the generators' "model:ID" and
+        "lora:ID", and "text-screen" and "image-screen"."""
         with cls._lock:
-            generators = [parts._generator for parts in cls._cache.values() if parts._generator is not None]
-        return dict(sum((generator.loads for generator in generators), Counter()))
+            sets = list(cls._cache.values())
+        return dict(sum((parts.screen_loads + (parts._generator.loads if parts._generator else Counter())
+                         for parts in sets), Counter()))
 
     @classmethod
     def loaded(cls) -> list[Parts]:
@@ -92,6 +95,7 @@ class Parts:
         with self._loading:
             if self._text_screen is None:
                 self._text_screen = TextScreen(self.policies, self.settings.policies_dir)
+                self.screen_loads["text-screen"] += 1
             return self._text_screen
 
     @property
@@ -103,4 +107,5 @@ class Parts:
 
                 quiet_libraries()
                 self._screen = ImageScreen(self.policies, resolve_device(self.settings.device))
+                self.screen_loads["image-screen"] += 1
             return self._screen

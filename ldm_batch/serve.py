@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -51,21 +52,37 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
+@dataclass
+class PrefectServer:
+    """A `prefect server start` subprocess; `ready()` waits until its API answers."""
+
+    api: str
+    process: subprocess.Popen
+    log: Path
+    timeout: float
+
+    def ready(self) -> str:
+        _wait_healthy(self.api, self.process, self.log, self.timeout)
+        return self.api
+
+
 @contextmanager
-def prefect_server(home: Path, port: int, timeout: float = 120.0) -> Iterator[str]:
-    """`prefect server start` on 127.0.0.1 for the block; yields its API URL."""
-    state = (home / "prefect-server").resolve()
+def prefect_server(state: Path, port: int, services: bool = True, timeout: float = 120.0) -> Iterator[PrefectServer]:
+    """`prefect server start` on 127.0.0.1 for the block, its database under `state`. Yields
+    at once: starting takes seconds (imports, database migrations), so a command can do its
+    own start-up meanwhile and call `ready()` when it needs the API. Without `services`, the
+    API alone (no scheduler or other loops): what a server for one command's flow run needs."""
+    state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(state), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    api = f"http://127.0.0.1:{port}/api"
+    command = ["server", "start", "--host", "127.0.0.1", "--port", str(port)] + ([] if services else ["--no-services"])
     with open(state / "server.log", "ab") as log:
-        process = subprocess.Popen(prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(prefect_command(*command), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
-        _wait_healthy(api, process, state / "server.log", timeout)
-        yield api
+        yield PrefectServer(f"http://127.0.0.1:{port}/api", process, state / "server.log", timeout)
     finally:
         _stop(process)
 
@@ -111,7 +128,10 @@ def _check(command: list[str], env: dict[str, str], cwd: Path | None = None) -> 
 @contextmanager
 def worker(env: dict[str, str], index: int, slot: str, log: Path) -> Iterator[subprocess.Popen]:
     """`prefect worker start --pool gpu` pinned to one GPU and its concurrency limit."""
-    worker_env = {**env, "CUDA_VISIBLE_DEVICES": str(index), "LDM_BATCH_GPU_SLOT": slot}
+    # polls for new flow runs every 2 s, not Prefect's 10 s: a submitted sheet starts sooner, and on a
+    # local server a poll costs nothing
+    worker_env = {"PREFECT_WORKER_QUERY_SECONDS": "2", **env, "CUDA_VISIBLE_DEVICES": str(index),
+                  "LDM_BATCH_GPU_SLOT": slot}
     with open(log, "ab") as out:
         process = subprocess.Popen(prefect_command("worker", "start", "--pool", WORK_POOL, "--name", f"gpu-{index}"),
                                    env=worker_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
@@ -123,10 +143,14 @@ def worker(env: dict[str, str], index: int, slot: str, log: Path) -> Iterator[su
 
 
 def _stop(process: subprocess.Popen, signals: int = 1) -> None:
-    for _ in range(signals):
+    for sent in range(1, signals + 1):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-            time.sleep(1)
+            if sent < signals:  # give it a second before the next signal
+                try:
+                    process.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
@@ -182,7 +206,7 @@ def local_stack(settings: Settings, port: int, workers: int) -> Iterator[dict[st
     slots = [gpu_slot_name(i) for i in range(workers)]
     with ExitStack() as stack:
         s3 = stack.enter_context(embedded_s3(settings.home, settings.embedded_s3_port, settings.delivery_prefix))
-        api = stack.enter_context(prefect_server(settings.home, port))
+        api = stack.enter_context(prefect_server(settings.home / "prefect-server", port)).ready()
         env = stack_environment(settings, s3, api)
         env["LDM_BATCH_DASK_ADDRESS"] = stack.enter_context(dask_gpu_workers(env, workers, settings.home.resolve()))
         prepare(env, slots)

@@ -106,8 +106,9 @@ def submit_and_wait(stack: dict, sheet: Path, reports: int) -> dict:
 
 
 def test_submitted_sheets_run_on_the_warm_gpu_worker(stack, tmp_path):
-    """Each flow run is a new process of the Prefect worker; its batches go to the stack's Dask
-    GPU worker, which loads the model and the brand LoRAs for the first sheet only."""
+    """Each flow run is a new process of the Prefect worker; its rows and batches go to the
+    stack's Dask GPU worker, which loads the model, the brand LoRAs and both screens for the
+    first sheet only."""
     from distributed import Client
 
     from ldm_batch.parts import Parts
@@ -124,7 +125,8 @@ def test_submitted_sheets_run_on_the_warm_gpu_worker(stack, tmp_path):
 
     with Client(stack["DASK_GPU_WORKERS"]) as client:
         (loads,) = client.run(Parts.model_loads).values()  # the one GPU worker's load counter
-    assert loads == {"model:demo-tiny-sd": 1, "lora:acme-style": 1, "lora:globex-style": 1}
+    assert loads == {"model:demo-tiny-sd": 1, "lora:acme-style": 1, "lora:globex-style": 1, "text-screen": 1,
+                     "image-screen": 1}
 
 
 def test_dask_cluster_of_two_workers_makes_the_same_images(stack, tmp_path):

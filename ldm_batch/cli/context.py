@@ -98,6 +98,10 @@ class Invocation:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
+    def enter(self, context):
+        """Enter a context manager (a server) for the rest of the command; its value."""
+        return self._stack.enter_context(context)
+
     def store(self) -> Settings:
         """Settings with a reachable S3 endpoint: the configured one, or the embedded SeaweedFS
         under the home, started on first use and stopped when the command ends."""

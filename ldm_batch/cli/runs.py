@@ -74,7 +74,7 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
         skip_invalid_rows: SkipOption = False, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Run a campaign sheet: screen, generate, screen, store and audit."""
     from ldm_batch.config import settings_in_use
-    from ldm_batch.orchestration import configure_prefect, local_flow, start_temporary_server
+    from ldm_batch.orchestration import configure_prefect, local_flow, temporary_server
     from ldm_batch.parts import Parts
 
     check_campaign(campaign, as_json)
@@ -83,17 +83,19 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
             read_checked(inv, sheet, skip_invalid_rows)  # before starting any server: bad sheets exit fast
         configure_prefect(inv.settings.home)
         try:
+            server = inv.enter(temporary_server())  # before Prefect is imported: it reads PREFECT_API_URL once
             with ThreadPoolExecutor(max_workers=3, thread_name_prefix="start-up") as start_up:
-                # Prefect's temporary server, the flow's imports and the text screen start beside SeaweedFS
-                server = start_up.submit(start_temporary_server)
+                # the Prefect server, the flow's imports and the text screen start beside SeaweedFS
                 flow = start_up.submit(local_flow, "campaign-batch")
                 settings = inv.store()  # here: the embedded server's stop is tied to this thread's signals
                 if sheet.startswith("s3://"):
                     read_checked(inv, sheet, skip_invalid_rows)
                 if not sheet.startswith("s3://"):  # the user named this file; the flow may read its folder
                     settings = settings.model_copy(update={"sheet_roots": [Path(sheet).resolve().parent]})
-                start_up.submit(lambda: Parts.of(settings).text_screen)
-                server.result()
+                if not settings.dask_address:  # with Dask workers, they screen the rows
+                    start_up.submit(lambda: Parts.of(settings).text_screen)
+                if server is not None:
+                    server.ready()
             with settings_in_use(settings):
                 summary = _run_flow(flow.result(), sheet, campaign, use.value, skip_invalid_rows, quiet=as_json)
         except typer.Exit:
