@@ -156,6 +156,15 @@ class ImageGenerator:
             pipe.disable_lora()
         return {u.id: slot[u.id] for u in uses}
 
+    def load(self, model_id: str) -> None:
+        """Load a model's pipeline now, on the process's torch thread (a batch loads it on
+        first use otherwise)."""
+        def load_it() -> None:
+            with self._lock:
+                self.pipeline(model_id)
+
+        on_torch_thread(load_it)
+
     def generate(self, batch: Batch, cpu_threads: int | None = None) -> list[GeneratedImage]:
         """`cpu_threads`: torch's intra-op threads for this call (on CPU the last bits of the
         sums, and so some pixels, depend on it); None keeps the process's setting. Runs on

@@ -123,8 +123,13 @@ class AuditLog:
         self.engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             _sqlite_immediate_transactions(self.engine)
+        self._migrated = False
 
     def migrate(self) -> None:
+        """Bring the schema to this version's head; once per AuditLog (Alembic's check takes
+        most of a second, and a long-lived worker's log is asked once per run)."""
+        if self._migrated:
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -136,6 +141,7 @@ class AuditLog:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
+        self._migrated = True
 
     # -- runs ---------------------------------------------------------------------------
     def start_run(self, run_id: str, campaign: str, sheet: str, sheet_sha256: str, by: str | None = None) -> None:

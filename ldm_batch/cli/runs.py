@@ -79,8 +79,9 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
 
     check_campaign(campaign, as_json)
     with Invocation(config, as_json) as inv:
+        parsed = None
         if not sheet.startswith("s3://"):
-            read_checked(inv, sheet, skip_invalid_rows)  # before starting any server: bad sheets exit fast
+            parsed = read_checked(inv, sheet, skip_invalid_rows)  # before starting any server: bad sheets exit fast
         configure_prefect(inv.settings.home)
         try:
             server = inv.enter(temporary_server())  # before Prefect is imported: it reads PREFECT_API_URL once
@@ -89,11 +90,13 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
                 flow = start_up.submit(local_flow, "campaign-batch")
                 settings = inv.store()  # here: the embedded server's stop is tied to this thread's signals
                 if sheet.startswith("s3://"):
-                    read_checked(inv, sheet, skip_invalid_rows)
+                    parsed = read_checked(inv, sheet, skip_invalid_rows)
                 if not sheet.startswith("s3://"):  # the user named this file; the flow may read its folder
                     settings = settings.model_copy(update={"sheet_roots": [Path(sheet).resolve().parent]})
                 if not settings.dask_address:  # with Dask workers, they screen the rows
                     start_up.submit(lambda: Parts.of(settings).text_screen)
+                if not settings.uses_dask:
+                    start_up.submit(_load_for_first_run, settings, parsed, campaign)
                 if server is not None:
                     server.ready()
             with settings_in_use(settings):
@@ -113,6 +116,22 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
         _print_summary(summary, inv.settings)
     if summary.status == "partial":  # some images failed; they are recorded, and the next run makes them
         raise typer.Exit(1)
+
+
+def _load_for_first_run(settings, sheet: Sheet, campaign: str | None) -> None:
+    """A campaign's first run generates every image it plans: load its models and the image
+    screen while the servers start. A campaign run before may have its images stored already
+    (one query tells), and then nothing is loaded unless the flow finds a batch to make."""
+    from ldm_batch.parts import Parts
+    from ldm_batch.sheets import sheet_stem
+
+    parts = Parts.of(settings)
+    parts.audit.migrate()
+    if parts.audit.query(kind="image", campaign=campaign or sheet_stem(sheet.name), limit=1):
+        return
+    for model_id in sorted({row.model or parts.policies.default_model for row in sheet.rows}):
+        parts.generator.load(model_id)
+    _ = parts.screen  # the property loads it
 
 
 def _run_flow(campaign_batch, sheet: str, campaign: str | None, use: str, skip_invalid_rows: bool, quiet: bool):
