@@ -94,6 +94,9 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
     """(c): `ldm-batch serve`, a first sheet, then a second and a third: seconds from submitting
     the first two to their first image record, the GPU worker's model loads over all three and its
     memory after each."""
+    from datetime import datetime
+
+    import httpx
     import psutil
     from distributed import Client
 
@@ -124,16 +127,18 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
                       "LDM_BATCH_S3_SECRET_ACCESS_KEY": creds["secret_access_key"]}
         audit = AuditLog(Settings(home=stack_home).audit_url)
         audit.migrate()  # the stack's first flow run would make the tables; the polling below needs them now
-        seconds, rss = [], []
+        seconds, rss, parts = [], [], []
         sheets = [("first", rows[:12]), ("second", [(f"b-{a}", p, b) for a, p, b in rows[12:24]]),
                   ("third", [(f"c-{a}", p, b) for a, p, b in rows[24:36]])]
         for name, part in sheets:
             sheet = home / f"{name}.csv"
             sheet.write_text("asset_id,prompt,brand,seed\n" + "".join(f"{a},{p},{b},{i}\n"
                                                                        for i, (a, p, b) in enumerate(part)))
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "ldm_batch", "submit", str(sheet), "--json"], env=client_env,
-                           cwd=REPO, check=True, capture_output=True)
+            started, wall_started = time.perf_counter(), time.time()
+            done = subprocess.run([sys.executable, "-m", "ldm_batch", "submit", str(sheet), "--json"],
+                                  env=client_env, cwd=REPO, check=True, capture_output=True, text=True)
+            submitted = time.perf_counter() - started
+            flow_run = json.loads(done.stdout.strip().splitlines()[-1])["flow_run_id"]
             first_image = None
             deadline = time.monotonic() + 600
             while len(found := audit.query(kind="image", asset_id=None, text=None,
@@ -144,6 +149,10 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
                     raise SystemExit(f"sheet {name} did not finish; see {stack_home}")
                 time.sleep(0.2)
             seconds.append(first_image if first_image is not None else time.perf_counter() - started)
+            run = httpx.get(f"{client_env['PREFECT_API_URL']}/flow_runs/{flow_run}").json()
+            flow_started = datetime.fromisoformat(run["start_time"]).timestamp() - wall_started
+            parts.append({"submit_command": round(submitted, 1), "flow_run_started": round(flow_started, 1),
+                          "first_image": round(seconds[-1], 1)})
             with Client(dask) as client:  # the GPU worker's memory once the sheet is done
                 (resident,) = client.run(lambda: psutil.Process().memory_info().rss).values()
             rss.append(resident)
@@ -153,6 +162,7 @@ def serve_two_sheets(home: Path, rows: list[tuple[str, str, str]]) -> dict:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=120)
     return {"serve_first_sheet_first_image_seconds": round(seconds[0], 1),
-            "serve_second_sheet_first_image_seconds": round(seconds[1], 1), "serve_gpu_worker_loads": loads,
+            "serve_second_sheet_first_image_seconds": round(seconds[1], 1),
+            "serve_second_sheet_seconds_after_submit": parts[1], "serve_gpu_worker_loads": loads,
             "serve_gpu_worker_rss_mb_after_each_sheet": [round(r / 2**20) for r in rss],
             "serve_gpu_worker_rss_growth_pct_sheet_2_to_3": round(100 * (rss[2] - rss[1]) / rss[1], 2)}
