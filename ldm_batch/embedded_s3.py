@@ -167,20 +167,23 @@ def _start(server: EmbeddedS3, state: Path, creds: dict[str, str], delivery_pref
     return process
 
 
-def _client(server: EmbeddedS3):
+def _client(server: EmbeddedS3, read_timeout: float = 10, attempts: int = 2):
     import boto3
     from botocore.config import Config
 
     return boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
                         aws_access_key_id=server.access_key_id, aws_secret_access_key=server.secret_access_key,
-                        config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10))
+                        config=Config(retries={"max_attempts": attempts}, connect_timeout=3, read_timeout=read_timeout))
 
 
 def _claim(server: EmbeddedS3, home_id: str) -> None:
-    """Leave this home's secret id in the server, so later commands can tell it is ours."""
+    """Leave this home's secret id in the server, so later commands can tell it is ours. Asked
+    while the server starts: a request that SeaweedFS takes before its volume server is ready
+    can hang until the read timeout, so each try gives up after 2 s and the next one is sent
+    (a 10 s timeout made one start in five take 10 s longer)."""
     from botocore.exceptions import ClientError
 
-    client = _client(server)
+    client = _client(server, read_timeout=2, attempts=1)
     try:
         client.create_bucket(Bucket=HOME_BUCKET)
     except ClientError as exc:
