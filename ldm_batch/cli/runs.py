@@ -91,7 +91,7 @@ def run(sheet: SheetArgument, campaign: CampaignOption = None, use: UseOption = 
                 settings = inv.store()  # here: the embedded server's stop is tied to this thread's signals
                 if sheet.startswith("s3://"):
                     parsed = read_checked(inv, sheet, skip_invalid_rows)
-                if not sheet.startswith("s3://"):  # the user named this file; the flow may read its folder
+                else:  # the user named this file; the flow may read its folder
                     settings = settings.model_copy(update={"sheet_roots": [Path(sheet).resolve().parent]})
                 if not settings.dask_address:  # with Dask workers, they screen the rows
                     start_up.submit(lambda: Parts.of(settings).text_screen)
