@@ -28,7 +28,10 @@ and besides:
 - `cold_start_seconds`: `ldm-batch run` of a one-row sheet in a fresh home, to exit
   (embedded SeaweedFS and Prefect's temporary server start, models load);
 - `generator_alone_vs_batched_diffusers`: the product's planner and generator without the
-  flow, to tell the generation code's cost from the flow's.
+  flow, to tell the generation code's cost from the flow's;
+- `flow_gap`: where the warm flow's seconds over the batched loop's go: before its first
+  batch, generating, after its last; and the CPU seconds the flow process and the servers
+  spent against what the loop's process spent.
 
 The flows talk to a Prefect server started here (`prefect server start`), as in production.
 The hand-written loops run on the same one thread the product's torch work runs on
@@ -79,6 +82,51 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+CPU_USE: dict[str, dict] = {}  # what `cpu_use` measured, by name
+
+
+@contextmanager
+def cpu_use(name: str) -> Iterator[None]:
+    """Wall seconds of the block and the CPU seconds spent meanwhile by this process (the
+    flow, or a hand-written loop) and by its child processes (the Prefect server and SeaweedFS
+    the bench started): tells how much more work the flow does than a loop, and where."""
+    import psutil
+
+    def used() -> tuple[float, float]:
+        own = psutil.Process()
+        children = 0.0
+        for child in own.children(recursive=True):
+            try:
+                times = child.cpu_times()
+                children += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        times = own.cpu_times()
+        return times.user + times.system, children
+
+    (own, children), started = used(), time.perf_counter()
+    yield
+    (own_after, children_after), wall = used(), time.perf_counter() - started
+    CPU_USE[name] = {"wall_s": round(wall, 2), "process_cpu_s": round(own_after - own, 2),
+                     "servers_cpu_s": round(children_after - children, 2)}
+
+
+def flow_gap(flow: float, batched: float, phases: dict[str, float]) -> dict:
+    """Where the warm flow's shortfall against the batched loop lies: its phases (before the
+    first batch: sheet, text screen, preflight; generating; after the last batch: contact
+    sheet, run record, artifacts), generation inside the flow against the loop, and CPU
+    seconds: the flow process's (screens, PNG encoding, S3 and audit clients, Prefect's task
+    states) and the servers' (Prefect server, SeaweedFS) against the loop process's. CPU
+    seconds on top are wall seconds taken from generation on a machine with few cores; wall
+    seconds without them are waits."""
+    measured, loop = CPU_USE["flow"], CPU_USE["batched"]
+    extra = measured["process_cpu_s"] - loop["process_cpu_s"] + measured["servers_cpu_s"]
+    return {"flow_wall_gap_s": round(flow - batched, 2), **phases,
+            "flow_generating_vs_batched_diffusers": round(batched / phases["generating_s"], 3),
+            "flow_cpu": measured, "batched_cpu": loop, "cores": os.cpu_count(),
+            "flow_extra_cpu_s": round(extra, 2)}
+
+
 def write_sheet(path: Path, rows) -> Path:
     path.write_text("asset_id,prompt,brand,seed\n" + "".join(f"{a},{p},{b},{i}\n" for i, (a, p, b) in enumerate(rows)))
     return path
@@ -95,16 +143,34 @@ def flow_seconds(sheet: Path, campaign: str, images: int) -> float:
     return seconds
 
 
-def run_flow(rows, home: Path) -> tuple[float, dict[str, int]]:
+def run_flow(rows, home: Path) -> tuple[float, dict[str, int], dict[str, float]]:
     """Seconds of a flow run after a warm-up run (models loaded once, as in a long-lived
-    worker), and what the worker loaded from disk over both."""
+    worker), what the worker loaded from disk over both, and the run's phases: seconds before
+    generation starts, generating (to the last batch's images), and after."""
+    from ldm_batch import progress
     from ldm_batch.parts import Parts
 
     sheet = write_sheet(home / "bench.csv", rows)
     flow_seconds(sheet, "warmup", len(rows))
-    seconds = flow_seconds(sheet, "measured", len(rows))
+    times: dict[str, float] = {}
+
+    def on_event(event: str, n: int) -> None:
+        times.setdefault(event, time.perf_counter())  # "planned": generation starts
+        if event == "image":
+            times["last_image"] = time.perf_counter()
+
+    stop = progress.listen(on_event)
+    try:
+        with cpu_use("flow"):
+            started = time.perf_counter()
+            seconds = flow_seconds(sheet, "measured", len(rows))
+    finally:
+        stop()
+    phases = {"before_generation_s": round(times["planned"] - started, 2),
+              "generating_s": round(times["last_image"] - times["planned"], 2),
+              "after_generation_s": round(started + seconds - times["last_image"], 2)}
     loads = sum((parts.generator.loads for parts in Parts.loaded()), Counter())
-    return seconds, dict(loads)
+    return seconds, dict(loads), phases
 
 
 def rss_mib() -> float:
@@ -230,7 +296,8 @@ def run_batched(rows, batch: int) -> float:
                 part = chosen[start:start + batch]
                 call(pipe, [p for _, p in part], [i for i, _ in part])
 
-    return timed(loop)
+    with cpu_use("batched"):
+        return timed(loop)
 
 
 def run_naive(rows) -> float:
@@ -335,7 +402,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         home = Path(tmp)
         with product(home, args.batch):
-            flow, loads = run_flow(rows, home)
+            flow, loads, phases = run_flow(rows, home)
             report["model_loads"] = loads
             report.update(rss_growth(args.long, home))
             report.update(dask_speedup(rows, home))
@@ -348,7 +415,8 @@ def main() -> None:
     report.update({"images_per_second": rate,
                    "flow_vs_batched_diffusers": round(rate["flow"] / rate["batched_diffusers"], 3),
                    "generator_alone_vs_batched_diffusers": round(rate["generator_alone"] / rate["batched_diffusers"], 3),
-                   "flow_vs_naive_loop": round(rate["flow"] / rate["naive_loop"], 3), **on_torch_thread(lora_switch)})
+                   "flow_vs_naive_loop": round(rate["flow"] / rate["naive_loop"], 3), **on_torch_thread(lora_switch),
+                   "flow_gap": flow_gap(flow, batched, phases)})
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
 
 

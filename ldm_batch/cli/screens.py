@@ -92,10 +92,13 @@ def screen_image(paths: Annotated[list[Path], typer.Argument(help="Image files")
 def eval_text_safety(
     labelled: Annotated[Path, typer.Argument(help="CSV with columns prompt,label (label: safe or a category)")],
     split: Annotated[str, typer.Option(help="heldout, train or all")] = "heldout",
+    obfuscated: Annotated[bool, typer.Option(
+        "--obfuscated", help="Also screen every unsafe prompt obfuscated (look-alike letters, leetspeak, masked, "
+                             "stretched and spaced-out letters, ...) and report how often each way is caught")] = False,
     config: ConfigOption = None, as_json: JsonOption = False,
 ) -> None:
     """Precision, recall and false-positive rate of the text screen, per category and overall."""
-    from ldm_batch.safety.text_eval import evaluate, load_labelled
+    from ldm_batch.safety.text_eval import evaluate, evaluate_obfuscated, load_labelled
 
     if split not in ("heldout", "train", "all"):
         fail(f"--split {split!r}: expected heldout, train or all", 2)
@@ -108,6 +111,8 @@ def eval_text_safety(
     if split != "all":
         frame = frame[frame["split"] == split]
     report = {"split": split, **evaluate(screen, frame)}
+    if obfuscated:
+        report["obfuscated"] = evaluate_obfuscated(screen, frame)
     if as_json:
         emit_json(report)
         return
@@ -127,6 +132,14 @@ def eval_text_safety(
               f"safe false-positive rate {overall['safe_false_positive_rate']} ({overall['safe']} safe)")
     for miss in report["errors"]:
         print_data(f"  miss: ({miss['label']}) {miss['prompt']} -> {miss['decision']} {miss['categories']}")
+    if obfuscated:
+        ways = Table("obfuscation", "unsafe prompts", "caught plain", "caught obfuscated", title="obfuscated")
+        for way, m in report["obfuscated"].items():
+            ways.add_row(way, str(m["prompts"]), str(m["caught_plain"]), str(m["caught_obfuscated"]))
+        out.print(ways)
+        for way, m in report["obfuscated"].items():
+            for prompt in m["let_through"]:
+                print_data(f"  let through ({way}): {prompt}")
 
 
 @eval_app.command("image-safety")

@@ -26,19 +26,24 @@ from ldm_batch.policies import LanguagePolicy
 
 UNDETERMINED = "und"
 LETTERS = re.compile(r"[^\W\d_]+")
+SMALL_CAPITAL = re.compile(r"LATIN LETTER SMALL CAPITAL ([A-Z])")
+# the general-purpose combining marks (diacritics, overlays, marks for symbols); a script's own
+# vowel signs (Devanagari, Thai, ...) lie in its own block and stay
+STRAY_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 
 
-def load_lexicon(vocabulary: Path) -> set[str]:
+def load_lexicon(vocabulary: Path) -> frozenset[str]:
     """Whole words of a WordPiece vocabulary file (no "##" pieces, no punctuation)."""
-    return {line.strip() for line in vocabulary.read_text(encoding="utf-8").splitlines() if line.strip().isalpha()}
+    return frozenset(line.strip() for line in vocabulary.read_text(encoding="utf-8").splitlines()
+                     if line.strip().isalpha())
 
 
 class LanguageIdentifier:
-    def __init__(self, policy: LanguagePolicy, lexicon: set[str] | None = None):
+    def __init__(self, policy: LanguagePolicy, lexicon: frozenset[str] = frozenset()):
         from py3langid.langid import MODEL_FILE, LanguageIdentifier as Model
 
         self.policy = policy
-        self.lexicon = lexicon or set()
+        self.lexicon = lexicon
         self.model = Model.from_model_file(MODEL_FILE, norm_probs=True)
         self.model.set_languages(sorted(set(policy.identify) | set(policy.supported)))
 
@@ -61,11 +66,22 @@ def normalise(text: str) -> tuple[str, list[str]]:
     """The text with invisible format characters (zero-width spaces and joiners, bidi
     controls, soft hyphens) removed and, in mostly-Latin text, letters of other scripts that
     look like Latin ones (Unicode TR39 confusables: Cyrillic "о", Greek "ο") read as Latin;
-    and what was changed, for the verdict's reasons."""
+    Latin small capitals ("ɴᴜᴅᴇ", which NFKC leaves) read as letters; combining marks that
+    compose with no letter (struck-through "n̶u̶d̶e̶", Zalgo) removed; and what was changed,
+    for the verdict's reasons."""
     changes = []
     visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
     if len(visible) != len(text):
         changes.append(f"removed {len(text) - len(visible)} invisible character(s)")
+    composed = unicodedata.normalize("NFC", visible)
+    unmarked = STRAY_MARKS.sub("", composed)
+    if len(unmarked) != len(composed):  # what NFC could not join to a letter: "n̶u̶d̶e̶", Zalgo text
+        changes.append(f"removed {len(composed) - len(unmarked)} combining mark(s)")
+        visible = unmarked
+    capitals = {c: m.group(1).lower() for c in set(visible) if (m := SMALL_CAPITAL.fullmatch(unicodedata.name(c, "")))}
+    if capitals:
+        visible = "".join(capitals.get(c, c) for c in visible)
+        changes.append("read small capitals as letters: " + ", ".join(f"{c!r} as {t!r}" for c, t in sorted(capitals.items())))
     letters = [c for c in visible if c.isalpha()]
     latin = sum(1 for c in letters if "LATIN" in unicodedata.name(c, ""))
     if letters and latin < len(letters) and latin * 2 >= len(letters):

@@ -1,8 +1,9 @@
 """Text safety screen: policy rules plus a transformers classifier.
 
 Rules: prompts are normalised (Unicode NFKC, case, accents on Latin letters, leetspeak such
-as "nud3", spacing tricks such as "n u d e", hyphens and apostrophes as word breaks) into
-words; allow-listed phrases ("killer deal", "Killer-Angebot", "bloody mary") are taken out;
+as "nud3", spacing tricks such as "n u d e", hyphens and apostrophes as word breaks, hashtags
+split at their capitals) into words; a masked or stretched word ("n*de", "nuuuude") is read
+as the policy word it spells; allow-listed phrases ("killer deal", "Killer-Angebot", "bloody mary") are taken out;
 each category's terms then match as whole word sequences, so "killer" never matches
 "painkiller". A term ending in "*" matches any word that starts so ("zwłok*": zwłoki, zwłok),
 for inflected languages; a term in a script written without spaces (Japanese) matches
@@ -18,9 +19,11 @@ that reason.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +34,12 @@ from ldm_batch.safety.language import LanguageIdentifier, load_lexicon, normalis
 from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
-WORD = re.compile(r"[^\W_]+|[@$]")
+MASKS = "*#?•·"  # characters written in place of a letter: "p*rn"
+# a word: letters and digits, with leetspeak or mask characters inside ("n@ked", "p*rn") and
+# leetspeak at either end ("$h0t", "bru1$3$")
+WORD = re.compile(r"[@$]?(?:[^\W_]|(?<=[^\W_])[@$*#?•·]+(?=[^\W_]))+[@$]?|[@$]")
+MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
+STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
@@ -69,23 +77,145 @@ def fold_accents(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Normalised words: NFKC, case-folded, accents folded, leetspeak undone, spaced-out
-    letters joined."""
-    tokens = WORD.findall(fold_accents(unicodedata.normalize("NFKC", text).casefold()))
-    tokens = [t.translate(LEET) if any(c.isalpha() for c in t) or t in "@$" else t for t in tokens]
+    """Normalised words: NFKC, case-folded, accents folded, leetspeak undone ("n@k3d", "$h0t"),
+    spaced-out letters joined ("n u d e", "n.u.d.e"; two spaces or more end a spaced word), a
+    hashtag's CamelCase words split ("#NakedWoman"), a model number split from its letters
+    ("AK47": ak 47). What another reading gives is added at the end: a short hashtag whole, the parts
+    of a CamelCase name ("McDonald's": mcdonald s ... mc donald), a spaced word without a first
+    "a" or "i" (the article of "a n u d e"). A letter hidden behind a mask character stays in
+    its word ("p*rn") for `screening_words`."""
+    text = fold_accents(unicodedata.normalize("NFKC", text))
+    tokens: list[tuple[str, bool]] = []  # (word, may continue a run of spaced-out letters)
+    also: list[str] = []
+    end = None
+    for match in WORD.finditer(text):
+        raw, gap = match.group(), text[end:match.start()] if end is not None else ""
+        end = match.end()
+        parts = _camel_parts(raw)
+        if parts and text[match.start() - 1:match.start()] == "#":
+            tokens += [(w, False) for part in parts for w in _folded(part)]
+            also += _folded(raw) if len(parts) <= 3 else []  # a name ("#McDonalds"), not a sentence
+            also += [w for a, b in zip(parts, parts[1:]) if 2 <= min(len(a), len(b)) and max(len(a), len(b)) <= 3
+                     for w in _folded(a + b)]  # a word in mixed case: "NuDe", "PoRn"
+            continue
+        tokens += [(w, len(gap) <= 3 and "  " not in gap) for w in _folded(raw)]
+        also += [w for part in parts for w in _folded(part)]
     joined: list[str] = []
     run: list[str] = []
-    for token in tokens + [""]:
-        if len(token) == 1 and token.isalpha():
+    for token, continues in tokens + [("", False)]:
+        if len(token) == 1 and token.isalpha() and (continues or not run):
             run.append(token)
             continue
-        if len(run) > 3 and run[0] in ("a", "i"):  # "a n u d e": the article stays a word
-            joined.append(run.pop(0))
         joined.extend(["".join(run)] if len(run) >= 3 else run)
-        run = []
-        if token:
+        if len(run) > 3 and run[0] in ("a", "i"):
+            also.append("".join(run[1:]))
+        run = [token] if len(token) == 1 and token.isalpha() else []
+        if token and not run:
             joined.append(token)
-    return joined
+    return joined + list(dict.fromkeys(also))
+
+
+def _folded(raw: str) -> list[str]:
+    """A word case-folded, with leetspeak undone; a model number as letters and number."""
+    word = raw.casefold() if raw.isascii() else fold_accents(raw.casefold())
+    if number := MODEL_NUMBER.fullmatch(word):
+        return list(number.groups())
+    leet = (any(c.isalpha() for c in word) and not UNSPACED.search(word)) or word in "@$"  # "12歳" stays
+    return [word.translate(LEET) if leet else word]
+
+
+def _camel_parts(word: str) -> list[str]:
+    """"NakedWoman": Naked, Woman; "AnAK47Rifle": An, AK47, Rifle; a word without inner capitals: nothing."""
+    starts = [0] + [i for i in range(1, len(word)) if word[i].isupper() and (
+        word[i - 1].islower() or word[i - 1].isdigit()
+        or (i + 1 < len(word) and word[i + 1].islower() and word[i - 1].isupper()))]
+    return [word[a:b] for a, b in zip(starts, starts[1:] + [len(word)])] if len(starts) > 1 else []
+
+
+def _readings(word: str) -> list[str]:
+    """A stretched word ("nuuuude", "killllller") read with each stretched letter once or
+    twice; first, every one once."""
+    runs = list(STRETCHED.finditer(word))[:4]
+    readings = []
+    for counts in itertools.product((1, 2), repeat=len(runs)):
+        out, last = [], 0
+        for run, n in zip(runs, counts):
+            out.append(word[last:run.start()] + run.group(1) * n)
+            last = run.end()
+        readings.append("".join(out) + word[last:])
+    return readings
+
+
+def _spelled(reading: str, term_word: str) -> str | None:
+    """The term's word if the reading spells it, each mask character standing for one letter
+    (for a term word ending in "*", a prefix: the reading's rest is kept); else None."""
+    target = term_word.removesuffix("*")
+    if len(reading) < len(target) or (target == term_word and len(reading) != len(target)):
+        return None
+    if not all(a == b or a in MASKS for a, b in zip(reading, target)):
+        return None
+    return target + reading[len(target):]
+
+
+def _term_vocabulary(policy: TextSafetyPolicy) -> list[str]:
+    terms = [t for c in {**policy.categories, **policy.negative_prompt_categories}.values()
+             for t in c.terms + c.context_terms + [t for ts in c.language_terms.values() for t in ts]]
+    return sorted({w for term in terms + policy.allow_phrases for w in term_words(term)})
+
+
+class Spellings:
+    """Words a masked or stretched word may be read as, the commonest first."""
+
+    def __init__(self, words: Iterable[str] = ()):
+        self.known = dict.fromkeys(words)  # ordered, and quick to ask
+        self.by_length: dict[int, list[str]] = {}
+        for word in self.known:
+            self.by_length.setdefault(len(word), []).append(word)
+
+
+def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = Spellings()) -> list[str]:
+    """The prompt's words, a stretched or masked word read as the policy word it spells
+    ("nuuuude", "n*de": nude), else as the commonest word of `spellings` it spells ("sh*wing":
+    showing), else with its stretched letters once and split at its masks. A word with more
+    masks than letters is never read as a word."""
+    found = []
+    vocabulary = None
+    for word in words(prompt):
+        if not any(c in MASKS for c in word) and not STRETCHED.search(word):
+            found.append(word)
+            continue
+        vocabulary = vocabulary if vocabulary is not None else _term_vocabulary(policy)
+        found += [_read_unspaced(word, vocabulary)] if UNSPACED.search(word) else _read(word, vocabulary, spellings)
+    return found
+
+
+def _read_unspaced(word: str, vocabulary: list[str]) -> str:
+    """Japanese (no spaces): each masked character that completes a policy word read as it
+    ("拳*を向ける": 拳銃を向ける); the word needs at least as many characters shown as masked."""
+    for term_word in vocabulary:
+        if UNSPACED.search(term_word) and len(term_word) >= 2:
+            pattern = "".join(f"[{re.escape(c + MASKS)}]" for c in term_word)
+            word = re.sub(pattern, lambda m: term_word if sum(c in MASKS for c in m.group()) * 2 <= len(term_word)
+                          else m.group(), word)
+    return word
+
+
+def _read(word: str, vocabulary: list[str], spellings: Spellings) -> list[str]:
+    masks = sum(c in MASKS for c in word)
+    readings = _readings(word)
+    if len(word) - masks >= masks:
+        spelled = _spelled_as(readings, vocabulary)
+        if spelled is None and masks:
+            spelled = _spelled_as(readings, [w for r in readings for w in spellings.by_length.get(len(r), [])])
+        elif spelled is None:
+            spelled = next((r for r in readings if r in spellings.known), None)
+        if spelled is not None:
+            return [spelled]
+    return [part for part in re.split(f"[{re.escape(MASKS)}]+", readings[0]) if part]
+
+
+def _spelled_as(readings: list[str], known: list[str]) -> str | None:
+    return next((s for reading in readings for w in known if (s := _spelled(reading, w))), None)
 
 
 def _find(haystack: list[str | None], phrase: list[str]) -> list[int]:
@@ -115,9 +245,11 @@ def _term_pattern(term: str) -> tuple[re.Pattern, bool]:
     return re.compile("(?:^| )" + " ".join(parts) + "(?= |$)"), False
 
 
-def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy) -> list[str | None]:
-    """The prompt's words with allow-listed phrases masked (None), so nothing matches them."""
-    tokens: list[str | None] = list(words(prompt))
+def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
+                            spellings: Spellings = Spellings()) -> list[str | None]:
+    """The prompt's words (`screening_words`) with allow-listed phrases masked (None), so
+    nothing matches them."""
+    tokens: list[str | None] = list(screening_words(prompt, policy, spellings))
     for phrase in policy.allow_phrases:
         target = list(term_words(phrase))
         for start in _find(tokens, target):
@@ -152,13 +284,13 @@ def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str 
     return hits
 
 
-def _lexicon(policies: Policies) -> set[str]:
+def _lexicon(policies: Policies) -> frozenset[str]:
     """The words of the language policy's lexicon model (its vocab.txt, pinned with the model)."""
     from ldm_batch.catalog import verified_path
 
     name = policies.text_safety.languages.lexicon
     if name is None:
-        return set()
+        return frozenset()
     entry = policies.models[name]
     path, _ = verified_path(entry.source, entry.revision, entry.sha256)
     return load_lexicon(path / "vocab.txt")
@@ -184,6 +316,10 @@ class TextScreen:
             except ClassifierUnavailable as exc:
                 self.unavailable = str(exc)
         self.id = self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
+        # what a masked or stretched word may be read as: the classifier's words (USE's are in
+        # order of frequency, in 16 languages), then the English lexicon's
+        known = self.classifier.words() if self.classifier else []
+        self.spellings = Spellings([_folded(w)[0] for w in known] + sorted(self.languages.lexicon))
 
     def screen(self, prompts: list[str], brands: list[str | None] | None = None,
                negative: bool = False) -> list[PromptVerdict]:
@@ -195,7 +331,7 @@ class TextScreen:
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
         identified = [self.languages.identify(text) for text, _ in normalised]
-        masked = [without_allowed_phrases(text, self.policy) for text, _ in normalised]
+        masked = [without_allowed_phrases(text, self.policy, self.spellings) for text, _ in normalised]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:

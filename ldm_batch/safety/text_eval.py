@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ldm_batch.safety.obfuscations import OBFUSCATIONS, obfuscated
 from ldm_batch.safety.text import TextScreen
 
 
@@ -80,3 +81,24 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
                     "unsafe": len(unsafe), "safe": len(safe_flagged)},
         "categories": per_category, "languages": per_language, "errors": misses,
     }
+
+
+def evaluate_obfuscated(screen: TextScreen, frame: pd.DataFrame) -> dict:
+    """Each unsafe prompt screened plain and in every way of `obfuscations` that changes it:
+    per way, how many of its prompts are caught plain and obfuscated, and the prompts caught
+    plain but let through obfuscated."""
+    unsafe = [p for p, label in zip(frame["prompt"], frame["label"]) if label != "safe"]
+    plain = {p: v.decision != "allow" for p, v in zip(unsafe, screen.screen(unsafe))}
+    variants = [(way, p, changed) for p in unsafe for way, changed in obfuscated(p).items()]
+    caught = [v.decision != "allow" for v in screen.screen([changed for _, _, changed in variants])]
+    report = {}
+    for way in OBFUSCATIONS:
+        chosen = [(p, changed, hit) for (w, p, changed), hit in zip(variants, caught) if w == way]
+        if not chosen:
+            continue
+        report[way] = {
+            "prompts": len(chosen),
+            "caught_plain": sum(plain[p] for p, _, _ in chosen),
+            "caught_obfuscated": sum(hit for _, _, hit in chosen),
+            "let_through": [changed for p, changed, hit in chosen if plain[p] and not hit]}
+    return report
