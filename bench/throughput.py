@@ -111,10 +111,11 @@ def cpu_use(name: str) -> Iterator[None]:
                      "servers_cpu_s": round(children_after - children, 2)}
 
 
-def flow_gap(flow: float, batched: float, phases: dict[str, float]) -> dict:
+def flow_gap(flow: float, batched: float, phases: dict) -> dict:
     """Where the warm flow's shortfall against the batched loop lies: its phases (before the
     first batch: sheet, text screen, preflight; generating; after the last batch: contact
-    sheet, run record, artifacts), generation inside the flow against the loop, and CPU
+    sheet, run record, artifacts); the generating phase and the flow's pipeline calls alone
+    against the loop (which is nothing but pipeline calls and LoRA switches); and CPU
     seconds: the flow process's (screens, PNG encoding, S3 and audit clients, Prefect's task
     states) and the servers' (Prefect server, SeaweedFS) against the loop process's. CPU
     seconds on top are wall seconds taken from generation on a machine with few cores; wall
@@ -123,6 +124,7 @@ def flow_gap(flow: float, batched: float, phases: dict[str, float]) -> dict:
     extra = measured["process_cpu_s"] - loop["process_cpu_s"] + measured["servers_cpu_s"]
     return {"flow_wall_gap_s": round(flow - batched, 2), **phases,
             "flow_generating_vs_batched_diffusers": round(batched / phases["generating_s"], 3),
+            "pipeline_calls_in_flow_vs_batched_diffusers": round(batched / phases["pipeline_calls_s"], 3),
             "flow_cpu": measured, "batched_cpu": loop, "cores": os.cpu_count(),
             "flow_extra_cpu_s": round(extra, 2)}
 
@@ -133,6 +135,11 @@ def write_sheet(path: Path, rows) -> Path:
 
 
 def flow_seconds(sheet: Path, campaign: str, images: int) -> float:
+    return timed_flow(sheet, campaign, images)[0]
+
+
+def timed_flow(sheet: Path, campaign: str, images: int):
+    """Seconds of a flow run of the sheet, and its summary."""
     from flows.campaign_batch import campaign_batch
 
     started = time.perf_counter()
@@ -140,13 +147,23 @@ def flow_seconds(sheet: Path, campaign: str, images: int) -> float:
     seconds = time.perf_counter() - started
     if summary.images_generated != images:
         raise SystemExit(f"the flow made {summary.images_generated} of {images} images: {summary.refused}")
-    return seconds
+    return seconds, summary
 
 
-def run_flow(rows, home: Path) -> tuple[float, dict[str, int], dict[str, float]]:
+def pipeline_seconds(run_id: str) -> float:
+    """Seconds the run's pipeline calls took, from its image records (`generation_seconds`:
+    each image's share of its batch's call, timed on the torch thread)."""
+    from ldm_batch.config import Settings
+    from ldm_batch.parts import Parts
+
+    return sum(r["generation_seconds"] for r in Parts.of(Settings()).audit.query(run_id=run_id, kind="image"))
+
+
+def run_flow(rows, home: Path) -> tuple[float, dict[str, int], dict]:
     """Seconds of a flow run after a warm-up run (models loaded once, as in a long-lived
     worker), what the worker loaded from disk over both, and the run's phases: seconds before
-    generation starts, generating (to the last batch's images), and after."""
+    generation starts, generating (to the last batch's images), and after; and the seconds
+    of its pipeline calls."""
     from ldm_batch import progress
     from ldm_batch.parts import Parts
 
@@ -163,12 +180,13 @@ def run_flow(rows, home: Path) -> tuple[float, dict[str, int], dict[str, float]]
     try:
         with cpu_use("flow"):
             started = time.perf_counter()
-            seconds = flow_seconds(sheet, "measured", len(rows))
+            seconds, summary = timed_flow(sheet, "measured", len(rows))
     finally:
         stop()
     phases = {"before_generation_s": round(times["planned"] - started, 2),
               "generating_s": round(times["last_image"] - times["planned"], 2),
-              "after_generation_s": round(started + seconds - times["last_image"], 2)}
+              "after_generation_s": round(started + seconds - times["last_image"], 2),
+              "pipeline_calls_s": round(pipeline_seconds(summary.run_id), 2)}
     loads = sum((parts.generator.loads for parts in Parts.loaded()), Counter())
     return seconds, dict(loads), phases
 

@@ -101,7 +101,7 @@ def summarise(summary: RunSummary, run: RunContext, settings: Settings) -> RunSu
     parts = Parts.of(settings)
     records = parts.audit.query(run_id=run.run_id)
     images = [r for r in records if r["kind"] == "image"]
-    tiles = [(r, parts.store.get(r["s3_key"]) if r["s3_key"] else None) for r in images[:MAX_IMAGES]]
+    tiles = list(zip(images[:MAX_IMAGES], parts.store.get_many([r["s3_key"] for r in images[:MAX_IMAGES]])))
     key = parts.store.put_report(f"{settings.reports_prefix}{run.campaign}/{run.run_id}/contact-sheet.png",
                                  contact_sheet(tiles))
     summary = summary.model_copy(update={"contact_sheet": f"s3://{parts.store.bucket}/{key}"}).ended("finished")

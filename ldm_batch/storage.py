@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -121,6 +122,12 @@ class ObjectStore:
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def get_many(self, keys: list[str | None]) -> list[bytes | None]:
+        """The objects' bytes in order (None for a None key), fetched 8 at a time: a contact
+        sheet's 64 images took 0.4 s one after another."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda key: self.get(key) if key else None, keys))
 
     def get_or_none(self, key: str) -> bytes | None:
         try:

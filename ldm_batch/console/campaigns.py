@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ldm_batch.audit import AuditLog
 from ldm_batch.config import Settings, settings_in_use
-from ldm_batch.contact_sheet import contact_sheet
+from ldm_batch.contact_sheet import MAX_IMAGES, contact_sheet
 from ldm_batch.console.csrf import check_csrf
 from ldm_batch.inbox import Inbox
 from ldm_batch.schedules import (ScheduleError, add_schedule, change_schedule, prefect_client, prefect_server,
@@ -161,7 +161,8 @@ def router(c: Console) -> APIRouter:
         run = _run_of(c, author, sha)
         if run is None:
             raise HTTPException(404, "this sheet has not run")
-        tiles = [(r, c.store.get(r["s3_key"])) for r in shown_images(c, run["run_id"])]
+        shown = shown_images(c, run["run_id"])[:MAX_IMAGES]  # what the sheet shows
+        tiles = list(zip(shown, c.store.get_many([r["s3_key"] for r in shown])))
         return Response(contact_sheet(tiles), media_type="image/png")
 
     @routes.get("/schedules")
