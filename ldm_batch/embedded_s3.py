@@ -248,7 +248,7 @@ def _wait_ready(server: EmbeddedS3, process: subprocess.Popen, state: Path, time
                 return
         except (BotoCoreError, ClientError):
             pass
-        time.sleep(0.3)
+        time.sleep(0.1)
     raise EmbeddedS3Error(f"SeaweedFS did not answer on {server.endpoint_url} within {timeout:.0f}s; "
                           f"see {state / 'weed.log'}")
 

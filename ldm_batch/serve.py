@@ -97,7 +97,7 @@ def _wait_healthy(api: str, process: subprocess.Popen, log: Path, timeout: float
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise RuntimeError(f"the Prefect server did not answer on {api} within {timeout:.0f}s; see {log}")
 
 
