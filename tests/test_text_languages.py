@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA, REPO
 from ldm_batch.preflight import screen_rows
 from ldm_batch.safety.language import normalise
-from ldm_batch.safety.text import TextScreen, rule_hits, without_allowed_phrases, words
+from ldm_batch.safety.text import TextScreen, rule_hits, screening_words, without_allowed_phrases, words
 from ldm_batch.safety.obfuscations import OBFUSCATIONS
 from ldm_batch.safety.text_eval import evaluate, evaluate_obfuscated, load_labelled
 from ldm_batch.sheets import PromptRow
@@ -99,6 +99,12 @@ def test_obfuscated_unsafe_prompts_are_caught_as_often_as_their_plain_forms(scre
 def test_masked_stretched_spaced_and_small_capital_words_are_read_as_the_word(policies, prompt, category):
     policy = policies.text_safety
     assert category in rule_hits(without_allowed_phrases(normalise(prompt)[0], policy), policy)
+
+
+def test_a_masked_word_that_is_no_term_is_read_as_the_commonest_word_it_spells(screen):
+    """So the classifier reads the prompt, not its fragments; in any of USE's languages."""
+    assert screening_words("sh*wing the f*mme", screen.policy, screen.spellings) == ["showing", "the", "femme"]
+    assert screening_words("sh*wing", screen.policy) == ["sh", "wing"]  # no spellings: split at the mask
 
 
 @pytest.mark.parametrize("prompt", [

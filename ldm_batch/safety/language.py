@@ -81,7 +81,8 @@ def normalise(text: str) -> tuple[str, list[str]]:
     capitals = {c: m.group(1).lower() for c in set(visible) if (m := SMALL_CAPITAL.fullmatch(unicodedata.name(c, "")))}
     if capitals:
         visible = "".join(capitals.get(c, c) for c in visible)
-        changes.append("read small capitals as letters: " + ", ".join(f"{c!r} as {t!r}" for c, t in sorted(capitals.items())))
+        changes.append("read small capitals as letters: "
+                       + ", ".join(f"{c!r} as {t!r}" for c, t in sorted(capitals.items())))
     letters = [c for c in visible if c.isalpha()]
     latin = sum(1 for c in letters if "LATIN" in unicodedata.name(c, ""))
     if letters and latin < len(letters) and latin * 2 >= len(letters):

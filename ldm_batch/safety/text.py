@@ -3,12 +3,12 @@
 Rules: prompts are normalised (Unicode NFKC, case, accents on Latin letters, leetspeak such
 as "nud3", spacing tricks such as "n u d e", hyphens and apostrophes as word breaks, hashtags
 split at their capitals) into words; a masked or stretched word ("n*de", "nuuuude") is read
-as the policy word it spells; allow-listed phrases ("killer deal", "Killer-Angebot", "bloody mary") are taken out;
-each category's terms then match as whole word sequences, so "killer" never matches
-"painkiller". A term ending in "*" matches any word that starts so ("zwłok*": zwłoki, zwłok),
-for inflected languages; a term in a script written without spaces (Japanese) matches
-anywhere in the text; `language_terms` apply only to prompts identified as that language
-(words that are harmless in others: Dutch and German "kind").
+as the policy word it spells; allow-listed phrases ("killer deal", "Killer-Angebot", "bloody
+mary") are taken out; each category's terms then match as whole word sequences, so "killer"
+never matches "painkiller". A term ending in "*" matches any word that starts so ("zwłok*":
+zwłoki, zwłok), for inflected languages; a term in a script written without spaces
+(Japanese) matches anywhere in the text; `language_terms` apply only to prompts identified
+as that language (words that are harmless in others: Dutch and German "kind").
 Classifier: per-category probabilities for the prompt with the allow-listed phrases taken
 out (ldm_batch.safety.text_classifier); at or above the category's threshold it fires.
 A category fires when either fires; the decision is the strictest action that fired.
@@ -80,9 +80,10 @@ def words(text: str) -> list[str]:
     """Normalised words: NFKC, case-folded, accents folded, leetspeak undone ("n@k3d", "$h0t"),
     spaced-out letters joined ("n u d e", "n.u.d.e"; two spaces or more end a spaced word), a
     hashtag's CamelCase words split ("#NakedWoman"), a model number split from its letters
-    ("AK47": ak 47). What another reading gives is added at the end: a short hashtag whole, the parts
-    of a CamelCase name ("McDonald's": mcdonald s ... mc donald), a spaced word without a first
-    "a" or "i" (the article of "a n u d e"). A letter hidden behind a mask character stays in
+    ("AK47": ak 47). What another reading gives is added at the end: a short hashtag whole,
+    two short parts of a hashtag joined ("#NuDe"), the parts of a CamelCase name
+    ("McDonald's": mcdonald s ... mc donald), a spaced word without a first "a" or "i" (the
+    article of "a n u d e"). A letter hidden behind a mask character stays in
     its word ("p*rn") for `screening_words`."""
     text = fold_accents(unicodedata.normalize("NFKC", text))
     tokens: list[tuple[str, bool]] = []  # (word, may continue a run of spaced-out letters)
@@ -167,13 +168,23 @@ class Spellings:
     """Words a masked or stretched word may be read as, the commonest first."""
 
     def __init__(self, words: Iterable[str] = ()):
-        self.known = dict.fromkeys(words)  # ordered, and quick to ask
-        self.by_length: dict[int, list[str]] = {}
+        self.known = dict.fromkeys(w for w in words if "\n" not in w)  # ordered, and quick to ask
+        by_length: dict[int, list[str]] = {}
         for word in self.known:
-            self.by_length.setdefault(len(word), []).append(word)
+            by_length.setdefault(len(word), []).append(word)
+        self.lines = {length: "\n".join(found) for length, found in by_length.items()}
+
+    def first_spelled(self, reading: str) -> str | None:
+        """The commonest word the reading spells, a mask standing for any one letter."""
+        pattern = "".join("[^\n]" if c in MASKS else re.escape(c) for c in reading)
+        found = re.search(f"^{pattern}$", self.lines.get(len(reading), ""), re.MULTILINE)
+        return found.group() if found else None
 
 
-def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = Spellings()) -> list[str]:
+NO_SPELLINGS = Spellings()
+
+
+def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = NO_SPELLINGS) -> list[str]:
     """The prompt's words, a stretched or masked word read as the policy word it spells
     ("nuuuude", "n*de": nude), else as the commonest word of `spellings` it spells ("sh*wing":
     showing), else with its stretched letters once and split at its masks. A word with more
@@ -204,18 +215,14 @@ def _read(word: str, vocabulary: list[str], spellings: Spellings) -> list[str]:
     masks = sum(c in MASKS for c in word)
     readings = _readings(word)
     if len(word) - masks >= masks:
-        spelled = _spelled_as(readings, vocabulary)
+        spelled = next((s for reading in readings for w in vocabulary if (s := _spelled(reading, w))), None)
         if spelled is None and masks:
-            spelled = _spelled_as(readings, [w for r in readings for w in spellings.by_length.get(len(r), [])])
+            spelled = next((s for reading in readings if (s := spellings.first_spelled(reading))), None)
         elif spelled is None:
             spelled = next((r for r in readings if r in spellings.known), None)
         if spelled is not None:
             return [spelled]
     return [part for part in re.split(f"[{re.escape(MASKS)}]+", readings[0]) if part]
-
-
-def _spelled_as(readings: list[str], known: list[str]) -> str | None:
-    return next((s for reading in readings for w in known if (s := _spelled(reading, w))), None)
 
 
 def _find(haystack: list[str | None], phrase: list[str]) -> list[int]:
@@ -246,7 +253,7 @@ def _term_pattern(term: str) -> tuple[re.Pattern, bool]:
 
 
 def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
-                            spellings: Spellings = Spellings()) -> list[str | None]:
+                            spellings: Spellings = NO_SPELLINGS) -> list[str | None]:
     """The prompt's words (`screening_words`) with allow-listed phrases masked (None), so
     nothing matches them."""
     tokens: list[str | None] = list(screening_words(prompt, policy, spellings))
