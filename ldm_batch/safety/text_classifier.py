@@ -123,7 +123,9 @@ class SequenceClassifier:
         self.categories = sorted(set(spec.labels.values()))  # what every answer must score
 
     def words(self) -> list[str]:
-        return [w for w in self.tokenizer.get_vocab() if len(w) > 2 and w.isalpha()]
+        """Whole words of the tokenizer's vocabulary (a word-start mark, "Ġ" or "▁", taken off)."""
+        stripped = (w.lstrip("\u0120\u2581") for w in self.tokenizer.get_vocab())
+        return [w for w in stripped if len(w) > 2 and w.isalpha()]
 
     def scores(self, prompts: list[str]) -> list[dict[str, float]]:
         import torch
