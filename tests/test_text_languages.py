@@ -10,8 +10,8 @@ import pytest
 from conftest import DATA, REPO
 from ldm_batch.preflight import screen_rows
 from ldm_batch.safety.language import normalise
-from ldm_batch.safety.text import TextScreen, rule_hits, screening_words, without_allowed_phrases, words
 from ldm_batch.safety.obfuscations import OBFUSCATIONS
+from ldm_batch.safety.text import TextScreen, rule_hits, screening_words, without_allowed_phrases, words
 from ldm_batch.safety.text_eval import evaluate, evaluate_obfuscated, load_labelled
 from ldm_batch.sheets import PromptRow
 
