@@ -4,8 +4,9 @@
 
 The same pipeline calls (the demo model, 8 prompts, 20 steps, torch's default threads: one
 per core) timed alone and while another process keeps one core busy for a share of every
-10 ms (5%, 10%, 20%), in interleaved rounds (medians), as the flow's own threads (PNG encoding, S3 and audit clients,
-Prefect's task states), the Prefect server and SeaweedFS do during a flow run. Prints each
+10 ms (5%, 10%, 20%), in interleaved rounds (medians), as the flow's own threads (PNG
+encoding, S3 and audit clients, Prefect's task states), the Prefect server and SeaweedFS do
+during a flow run. Prints each
 slowdown against the share of one core taken (`cpu_share_of_2_cores`): torch's parallel
 regions wait at every barrier for their slowest thread, so a thread that loses its core for
 a moment holds up all of them.

@@ -27,6 +27,16 @@ def _first_vowel(word: str) -> int:
     return next((i for i, c in enumerate(word) if c in VOWELS and i > 0), len(word) // 2)
 
 
+def _masked(word: str) -> str:
+    i = _first_vowel(word)
+    return word[:i] + "*" + word[i + 1:]
+
+
+def _stretched(word: str) -> str:
+    i = _first_vowel(word)
+    return word[:i] + word[i] * 3 + word[i:]
+
+
 def _small_capital(char: str) -> str:
     try:
         return unicodedata.lookup(f"LATIN LETTER SMALL CAPITAL {char.upper()}")
@@ -41,10 +51,9 @@ OBFUSCATIONS: dict[str, Callable[[str], str]] = {
     "invisible": lambda t: _each_long_word(t, lambda w: w[:2] + "\u200b" + w[2:]),
     "leetspeak": lambda t: _each_long_word(t, lambda w: w.translate(LEET)),
     # one letter hidden: "n*de"
-    "masked": lambda t: _each_long_word(t, lambda w: w[:_first_vowel(w)] + "*" + w[_first_vowel(w) + 1:]),
+    "masked": lambda t: _each_long_word(t, _masked),
     # one letter stretched: "nuuuude"
-    "stretched": lambda t: _each_long_word(t, lambda w: w[:_first_vowel(w)] + w[_first_vowel(w)] * 3
-                                           + w[_first_vowel(w):]),
+    "stretched": lambda t: _each_long_word(t, _stretched),
     # letters spaced out, words apart: "n u d e   w o m a n"
     "spaced": lambda t: _each_long_word(t, lambda w: "  " + " ".join(w) + "  "),
     # letters struck through with combining marks: "n̶u̶d̶e̶"

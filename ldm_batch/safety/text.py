@@ -37,7 +37,7 @@ Decision = Literal["allow", "review", "block"]
 MASKS = "*#?•·"  # characters written in place of a letter: "p*rn"
 # a word: letters and digits, with leetspeak or mask characters inside ("n@ked", "p*rn") and
 # leetspeak at either end ("$h0t", "bru1$3$")
-WORD = re.compile(r"[@$]?(?:[^\W_]|(?<=[^\W_])[@$*#?•·]+(?=[^\W_]))+[@$]?|[@$]")
+WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+[@$]?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
