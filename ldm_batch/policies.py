@@ -68,6 +68,16 @@ class LanguagePolicy(Strict):
     lexicon_share: float = Field(0.8, gt=0, le=1)
 
 
+class GlossaryPolicy(Strict):
+    """Bilingual dictionaries for English glosses of the other languages' prompts
+    (ldm_batch.safety.glossary): dictd files in `folder`, each pinned by sha256 (of its .index
+    and .dict.dz together). A language whose dictionary is missing or changed is not allowed:
+    its prompts go to `languages.unsupported_action`, as the screen was measured with it."""
+
+    folder: Path = Path("/usr/share/dictd")
+    sha256: dict[str, str] = {}  # ISO 639-1 -> pin
+
+
 class TextSafetyPolicy(Strict):
     screen_id: str
     allow_phrases: list[str] = []
@@ -76,6 +86,7 @@ class TextSafetyPolicy(Strict):
     negative_prompt_categories: dict[str, TextCategory] = {}
     classifier: TextClassifierSpec | None = None
     languages: LanguagePolicy = LanguagePolicy()
+    glossary: GlossaryPolicy | None = None
 
 
 class ImageConcept(Strict):

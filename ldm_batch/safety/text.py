@@ -30,6 +30,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
+from ldm_batch.safety.glossary import Glossary, GlossaryUnavailable
 from ldm_batch.safety.language import LanguageIdentifier, load_lexicon, normalise
 from ldm_batch.torch_thread import on_torch_thread
 
@@ -53,6 +54,7 @@ class PromptVerdict(BaseModel):
     screen: str
     language: str | None = None  # ISO 639-1, or "und" when too short to tell
     normalised: str | None = None  # the text screened, when normalising changed it
+    gloss: str | None = None  # its word-by-word English gloss, screened too (other languages)
     negative: PromptVerdict | None = None  # the negative prompt's own verdict, when the row has one
 
     def with_negative(self, negative: PromptVerdict | None) -> PromptVerdict:
@@ -322,7 +324,10 @@ class TextScreen:
                 self.classifier = on_torch_thread(load_classifier, policies, policies_dir)
             except ClassifierUnavailable as exc:
                 self.unavailable = str(exc)
-        self.id = self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
+        glossary = self.policy.glossary
+        self.glossary = Glossary(glossary.folder, glossary.sha256) if glossary else None
+        self.id = (self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
+                   + (f"+gloss@{self.glossary.id}" if self.glossary else ""))
         # what a masked or stretched word may be read as: the classifier's words (USE's are in
         # order of frequency, in 16 languages), then the English lexicon's
         known = self.classifier.words() if self.classifier else []
@@ -339,59 +344,97 @@ class TextScreen:
         normalised = [normalise(p) for p in prompts]
         identified = [self.languages.identify(text) for text, _ in normalised]
         masked = [without_allowed_phrases(text, self.policy, self.spellings) for text, _ in normalised]
+        glosses = [self._gloss(text, m, language) for (text, _), m, (language, _) in zip(normalised, masked, identified)]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
+        gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:
+            glossed = [i for i, g in enumerate(glosses) if isinstance(g, str)]
             try:
-                texts = [" ".join(w for w in m if w) for m in masked]
-                classifier_scores = on_torch_thread(self.classifier.scores, texts)
+                texts = [" ".join(w for w in m if w) for m in masked] + [glosses[i] for i in glossed]
+                scores = on_torch_thread(self.classifier.scores, texts)
+                classifier_scores = scores[:len(prompts)]
+                for i, score in zip(glossed, scores[len(prompts):]):
+                    gloss_scores[i] = score
             except Exception as exc:  # any classifier fault: fail closed, say why
                 failure = f"text classifier failed: {type(exc).__name__}: {exc}"
-        verdicts = [self._verdict(p, m, s, r, failure, language)
-                    for p, m, s, r, (language, _) in zip(prompts, masked, classifier_scores, rules, identified)]
-        return [self._in_language(v, text, changes, language, probability)
-                for v, (text, changes), (language, probability) in zip(verdicts, normalised, identified)]
+        verdicts = [self._verdict(p, m, s, r, failure, language, g if isinstance(g, str) else None, gs)
+                    for p, m, s, r, (language, _), g, gs
+                    in zip(prompts, masked, classifier_scores, rules, identified, glosses, gloss_scores)]
+        return [self._in_language(v, text, changes, language, probability, g)
+                for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
+
+    def _gloss(self, text: str, masked: list[str | None], language: str) -> str | GlossaryUnavailable | None:
+        """The prompt's English gloss when the policy has a dictionary for its language (its
+        words as written, less those of allowed phrases); the reason when that dictionary
+        cannot be used."""
+        if self.glossary is None or not self.glossary.covers(language):
+            return None
+        allowed = {t for t, m in zip(screening_words(text, self.policy, self.spellings), masked) if m is None}
+        source = [w for w in re.findall(r"\w+", text.lower()) if fold_accents(w) not in allowed]
+        try:
+            return self.glossary.gloss(source, language)
+        except GlossaryUnavailable as exc:
+            return exc
 
     def _in_language(self, verdict: PromptVerdict, text: str, changes: list[str], language: str,
-                     probability: float) -> PromptVerdict:
+                     probability: float, gloss: str | GlossaryUnavailable | None) -> PromptVerdict:
         """The verdict with the prompt's language and normalisation; a language the screen was
-        not measured on is never allowed (held for review, or blocked, by policy)."""
+        not measured on, or whose glossary cannot be used, is never allowed (held for review, or
+        blocked, by policy)."""
         update: dict = {"language": language}
         reasons = list(verdict.reasons)
         if changes:
             update["normalised"] = text
             reasons.append(f"normalised before screening ({'; '.join(changes)}): {text!r}")
+        policy = self.policy.languages
         if self.languages.unsupported(language) and verdict.decision == "allow":
-            policy = self.policy.languages
             update["decision"] = policy.unsupported_action
             reasons.append(f"language {language} not supported by the text screen (measured on "
                            f"{', '.join(policy.supported)}; identified with p={probability})")
+        elif isinstance(gloss, GlossaryUnavailable) and verdict.decision == "allow":
+            update["decision"] = policy.unsupported_action
+            reasons.append(f"language {language} cannot be screened as measured: its glossary is "
+                           f"unavailable ({gloss})")
         return verdict.model_copy(update={**update, "reasons": reasons})
 
     def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
-                 policy: TextSafetyPolicy, failure: str | None, language: str) -> PromptVerdict:
+                 policy: TextSafetyPolicy, failure: str | None, language: str, gloss: str | None = None,
+                 gloss_classified: dict[str, float] | None = None) -> PromptVerdict:
         if classified is not None and not failure:  # a missing or NaN score is no evidence of safety
-            unusable = [name for name in self.classifier.categories
-                        if name in policy.categories and not math.isfinite(classified.get(name, math.nan))]
+            answers = [a for a in (classified, gloss_classified) if a is not None]
+            unusable = [name for name in self.classifier.categories if name in policy.categories
+                        and not all(math.isfinite(a.get(name, math.nan)) for a in answers)]
             if unusable:
                 failure = f"text classifier gave no usable score for {', '.join(unusable)}"
         if failure:
             return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
                                  reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
-        hits = rule_hits(masked, policy, language)
+        # the prompt as written, then its English gloss, read with the English terms; a crude
+        # gloss of a child's picture reads too much like one, so the classifier's reading of
+        # the gloss does not fire a category that needs context (minors): its rules still do
+        readings = [("", rule_hits(masked, policy, language), classified or {})]
+        if gloss is not None:
+            readings.append((" in the English gloss", rule_hits(without_allowed_phrases(gloss, policy), policy, "en"),
+                             {name: p for name, p in (gloss_classified or {}).items()
+                              if name in policy.categories and not policy.categories[name].context_terms}))
         fired, reasons, scores = [], [], {}
         for name, category in policy.categories.items():
-            probability = (classified or {}).get(name, 0.0)
-            scores[name] = 1.0 if name in hits else probability
-            why = []
-            if name in hits:
-                why.append(f"matched {', '.join(repr(h) for h in hits[name])}")
-            if probability >= category.threshold:
-                why.append(f"classifier {probability:.2f} >= {category.threshold}")
+            why, score = [], 0.0
+            for where, hits, probabilities in readings:
+                probability = probabilities.get(name, 0.0)
+                score = max(score, 1.0 if name in hits else probability)
+                if name in hits:
+                    why.append(f"matched {', '.join(repr(h) for h in hits[name])}{where}")
+                if probability >= category.threshold:
+                    why.append(f"classifier {probability:.2f} >= {category.threshold}{where}")
+            scores[name] = score
             if why:
                 fired.append(name)
                 reasons.append(f"{name} ({category.action}): {'; '.join(why)}")
+        if gloss is not None and any("English gloss" in r for r in reasons):
+            reasons.append(f"English gloss, word by word: {gloss!r}")
         actions = {policy.categories[name].action for name in fired}
         decision: Decision = "block" if "block" in actions else "review" if actions else "allow"
         return PromptVerdict(prompt=prompt, decision=decision, categories=fired, reasons=reasons,
-                             scores=scores, screen=self.id)
+                             scores=scores, screen=self.id, gloss=gloss)

@@ -1,0 +1,153 @@
+"""Word-by-word English glosses of prompts in the screen's other languages.
+
+The text screen is strongest in English: its rules were written there first, and its
+classifier head learned most of its concepts from English prompts. A gloss gives both a second
+reading of a German, Polish or Japanese prompt: each word looked up in a bilingual dictionary
+(as written, else as its lemma) and replaced by its first English sense, function words left
+out. "ein Scharfschütze zielt auf einen vollen Marktplatz" reads "sniper aim full marketplace".
+It is crude English, but the rules' English terms and the classifier read it well enough to
+catch what the other language's own terms and training prompts miss (README, Text safety).
+
+Dictionaries: FreeDict's LANG-English dictionaries in dictd format, as Debian's
+`dict-freedict-LANG-eng` packages install them (/usr/share/dictd; GPL-2+/GPL-3+, Polish
+CC-BY-SA-3.0), each pinned by sha256 in policies/text_safety.yaml. Lemmas from simplemma,
+function words from stopwordsiso. Japanese has no spaces: it is read by the longest dictionary
+headword at each position.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+DICTIONARY_CODES = {"de": "deu", "fr": "fra", "es": "spa", "it": "ita", "pt": "por", "nl": "nld", "pl": "pol",
+                    "ja": "jpn"}
+BASE64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+LONGEST_JAPANESE_WORD = 10
+KANA_PARTICLE = re.compile(r"[\u3040-\u309f\u3000-\u303f\uff01-\uff0f]")  # hiragana and punctuation
+SENSE_NOISE = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)|[{}]")
+NOT_A_SENSE = ("Note:", "see:", "Synonym:", "Synonyms:", "Antonym:", "\"", "(")
+
+
+class GlossaryUnavailable(Exception):
+    """A language's dictionary is missing or not the pinned one."""
+
+
+def _number(digits: str) -> int:
+    """dictd's index numbers: base64 digits, most significant first."""
+    value = 0
+    for digit in digits:
+        value = value * 64 + BASE64[digit]
+    return value
+
+
+def first_sense(entry: str) -> str | None:
+    """The first English sense of a dictd entry: the first line after the headword that is a
+    translation (not a note, cross-reference or example), without labels, to its first comma."""
+    for line in entry.split("\n")[1:]:
+        text = line.strip()
+        if not text or text.startswith(NOT_A_SENSE):
+            continue
+        text = SENSE_NOISE.sub("", re.sub(r"^\d+\.\s*", "", text))
+        sense = re.sub(r"[^a-z' -]+", " ", re.split(r"[,;]", text)[0].lower())
+        sense = re.sub(r"^(to|a|an|the) ", "", " ".join(sense.split()))
+        if re.search(r"[a-z]", sense):
+            return sense
+    return None
+
+
+class Dictionary:
+    """One dictd dictionary (NAME.index, NAME.dict.dz), read into memory once."""
+
+    def __init__(self, base: Path, sha256: str):
+        index, data = base.with_name(base.name + ".index"), base.with_name(base.name + ".dict.dz")
+        if not index.is_file() or not data.is_file():
+            raise GlossaryUnavailable(f"{base}.index/.dict.dz missing (Debian: apt-get install "
+                                      f"dict-{base.name})")
+        digest = hashlib.sha256(index.read_bytes() + data.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise GlossaryUnavailable(f"{base}: sha256 {digest} is not the pinned {sha256}")
+        self.data = gzip.decompress(data.read_bytes())  # dictzip is gzip with a seek table
+        self.entries: dict[str, tuple[int, int]] = {}  # headword -> its longest entry
+        for line in index.read_text(encoding="utf-8").splitlines():
+            head, offset, length = line.split("\t")[:3]
+            found = (_number(offset), _number(length))
+            # a word with several entries: the longest is its main sense, with examples
+            # (German "Hund": dog, not the mine car)
+            if found[1] > self.entries.get(head.lower(), (0, 0))[1]:
+                self.entries[head.lower()] = found
+
+    @lru_cache(maxsize=65536)
+    def sense(self, word: str) -> str | None:
+        found = self.entries.get(word)
+        if found is None:
+            return None
+        offset, length = found
+        return first_sense(self.data[offset:offset + length].decode("utf-8", "replace"))
+
+
+class Glossary:
+    """English glosses for the languages the policy pins a dictionary for; each dictionary is
+    read on the first prompt in its language (an English-only sheet reads none)."""
+
+    def __init__(self, folder: Path, pins: dict[str, str]):
+        self.folder, self.pins = folder, pins
+        self.id = hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+        self._dictionaries: dict[str, Dictionary | GlossaryUnavailable] = {}
+        self._lock = threading.Lock()
+
+    def covers(self, language: str) -> bool:
+        return language in self.pins
+
+    def dictionary(self, language: str) -> Dictionary:
+        """The language's dictionary; GlossaryUnavailable if it is missing or not the pinned one."""
+        with self._lock:
+            if language not in self._dictionaries:
+                base = self.folder / f"freedict-{DICTIONARY_CODES[language]}-eng"
+                try:
+                    self._dictionaries[language] = Dictionary(base, self.pins[language])
+                except GlossaryUnavailable as exc:
+                    self._dictionaries[language] = exc
+        found = self._dictionaries[language]
+        if isinstance(found, GlossaryUnavailable):
+            raise found
+        return found
+
+    def gloss(self, words: list[str], language: str) -> str:
+        """The words (lower case, as written) in English, one sense each; a word the dictionary
+        lacks, as itself or as its lemma, stays as written. Japanese: runs of text, read by
+        their longest headwords."""
+        dictionary = self.dictionary(language)
+        if language == "ja":
+            return " ".join(sense for run in words for sense in _japanese_senses(run, dictionary))
+        import simplemma
+        import stopwordsiso
+
+        function_words = stopwordsiso.stopwords(language)
+        senses = []
+        for word in words:
+            if word in function_words or word.isdigit():
+                continue
+            sense = dictionary.sense(word) or dictionary.sense(simplemma.lemmatize(word, lang=language))
+            senses.append(sense or word)
+        return " ".join(senses)
+
+
+def _japanese_senses(text: str, dictionary: Dictionary) -> list[str]:
+    """The longest headword at each position. A single hiragana (a particle), punctuation and
+    characters no headword starts with are skipped."""
+    senses, at = [], 0
+    while at < len(text):
+        shortest = 2 if KANA_PARTICLE.match(text[at]) else 1
+        for size in range(min(LONGEST_JAPANESE_WORD, len(text) - at), shortest - 1, -1):
+            if (sense := dictionary.sense(text[at:at + size])) is not None:
+                senses.append(sense)
+                at += size
+                break
+        else:
+            at += 1
+    return senses

@@ -1,0 +1,75 @@
+"""English glosses: a prompt in another language is also screened as its word-by-word English
+gloss (FreeDict's dictionaries, pinned in policies/text_safety.yaml), so the English terms and
+the classifier reach words the other language's own terms miss; a missing or changed
+dictionary holds that language's prompts instead of screening them less than measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO
+from ldm_batch.safety.glossary import first_sense
+from ldm_batch.safety.text import TextScreen
+
+
+@pytest.fixture(scope="module")
+def screen(policies):
+    return TextScreen(policies, REPO / "policies")
+
+
+def with_glossary(policies, **update):
+    text = policies.text_safety
+    return policies.model_copy(update={"text_safety": text.model_copy(update={
+        "glossary": text.glossary.model_copy(update=update)})})
+
+
+def test_the_first_sense_is_the_translation_not_its_labels_notes_or_examples():
+    assert first_sense("Hund /hʊnt/ <masc, n, sg>\n [zool.] dog <n>, dawg <n>\n Note: x\n") == "dog"
+    assert first_sense("schießen /ʃiːsən/ <v>\n      \"ein Tor schießen\" - score\n2. to shoot <v>, fire\n") == "shoot"
+    assert first_sense("拳銃 /kendʑɯː/\n(noun (common) (futsuumeishi))\npistol, handgun\n") == "pistol"
+    assert first_sense("Leer /x/\n see: {leer}\n") is None
+
+
+@pytest.mark.parametrize("prompt, language", [
+    ("ein Mann mit einer Schrotflinte vor einer Schule", "de"),  # no German term for Schrotflinte
+    ("mężczyzna ze strzelbą przed szkołą", "pl"),
+])
+def test_a_word_only_the_english_terms_know_is_caught_in_the_gloss(screen, prompt, language):
+    verdict = screen.screen([prompt])[0]
+    assert verdict.language == language and "shotgun" in verdict.gloss
+    assert "weapons" in verdict.categories and verdict.decision == "review"
+    assert any("matched 'shotgun' in the English gloss" in r for r in verdict.reasons), verdict.reasons
+    assert any(r.startswith("English gloss, word by word:") for r in verdict.reasons)
+
+
+def test_japanese_is_read_by_its_longest_dictionary_words(screen):
+    assert screen.glossary.gloss(["散弾銃を持つ男が立っている"], "ja").startswith("shotgun hold man")
+
+
+@pytest.mark.parametrize("prompt", [
+    "une prise de sang chez le médecin",  # allowed: its gloss would read "blood"
+    "un ambiente bomba en la fiesta de verano de nuestra marca",  # slang for a great party
+    "ein Hund spielt im Park",
+    "Baby im Kinderwagen mit seiner Mutter",  # the gloss's classifier reading does not fire minors
+])
+def test_allowed_phrases_and_ordinary_prompts_pass_their_gloss(screen, prompt):
+    verdict = screen.screen([prompt])[0]
+    assert verdict.decision == "allow", verdict.reasons
+    assert "blood" not in verdict.gloss and "bomb" not in verdict.gloss
+
+
+def test_a_missing_dictionary_holds_that_languages_prompts(policies, tmp_path):
+    screen = TextScreen(with_glossary(policies, folder=tmp_path), REPO / "policies")
+    german, english = screen.screen(["ein Hund spielt im Park", "a dog playing in the park"])
+    assert german.decision == "review" and german.gloss is None
+    assert any("glossary is unavailable" in r and "dict-freedict-deu-eng" in r for r in german.reasons)
+    assert english.decision == "allow"  # English needs no gloss
+
+
+def test_a_changed_dictionary_is_not_read(policies):
+    pins = {**policies.text_safety.glossary.sha256, "pl": "0" * 64}
+    screen = TextScreen(with_glossary(policies, sha256=pins), REPO / "policies")
+    polish, german = screen.screen(["pies bawi się w parku", "ein Hund spielt im Park"])
+    assert polish.decision == "review" and any("is not the pinned" in r for r in polish.reasons)
+    assert german.decision == "allow"
+    assert screen.id != TextScreen(policies, REPO / "policies").id  # the pins are in the screen's id
