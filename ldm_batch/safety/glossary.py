@@ -28,6 +28,7 @@ DICTIONARY_CODES = {"de": "deu", "fr": "fra", "es": "spa", "it": "ita", "pt": "p
                     "ja": "jpn"}
 BASE64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 LONGEST_JAPANESE_WORD = 10
+UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")  # Japanese: its marks are not accents
 KANA_PARTICLE = re.compile(r"[\u3040-\u309f\u3000-\u303f\uff01-\uff0f]")  # hiragana and punctuation
 SENSE_NOISE = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)|[{}]")
 NOT_A_SENSE = ("Note:", "see:", "Synonym:", "Synonyms:", "Antonym:", "\"", "(")
@@ -71,6 +72,8 @@ class Dictionary:
         digest = hashlib.sha256(index.read_bytes() + data.read_bytes()).hexdigest()
         if digest != sha256:
             raise GlossaryUnavailable(f"{base}: sha256 {digest} is not the pinned {sha256}")
+        from ldm_batch.safety.text import fold_accents
+
         self.data = gzip.decompress(data.read_bytes())  # dictzip is gzip with a seek table
         self.entries: dict[str, tuple[int, int]] = {}  # headword -> its longest entry
         for line in index.read_text(encoding="utf-8").splitlines():
@@ -78,8 +81,10 @@ class Dictionary:
             found = (_number(offset), _number(length))
             # a word with several entries: the longest is its main sense, with examples
             # (German "Hund": dog, not the mine car)
-            if found[1] > self.entries.get(head.lower(), (0, 0))[1]:
-                self.entries[head.lower()] = found
+            # a word is also found without its accents (as the rules read "h3r0ïn3": heroine)
+            for key in {head.lower(), fold_accents(head.lower()) if not UNSPACED.search(head) else head.lower()}:
+                if found[1] > self.entries.get(key, (0, 0))[1]:
+                    self.entries[key] = found
 
     @lru_cache(maxsize=65536)
     def sense(self, word: str) -> str | None:

@@ -365,13 +365,14 @@ class TextScreen:
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
 
     def _gloss(self, text: str, masked: list[str | None], language: str) -> str | GlossaryUnavailable | None:
-        """The prompt's English gloss when the policy has a dictionary for its language (its
-        words as written, less those of allowed phrases); the reason when that dictionary
-        cannot be used."""
+        """The prompt's English gloss when the policy has a dictionary for its language: the
+        words the rules read (leetspeak, masks and spacing undone, allowed phrases left out),
+        each as written where the prompt has it (accents kept, for the dictionary and the
+        lemmatiser); the reason when that dictionary cannot be used."""
         if self.glossary is None or not self.glossary.covers(language):
             return None
-        allowed = {t for t, m in zip(screening_words(text, self.policy, self.spellings), masked) if m is None}
-        source = [w for w in re.findall(r"\w+", text.lower()) if fold_accents(w) not in allowed]
+        as_written = {fold_accents(w): w for w in re.findall(r"\w+", text.lower())}
+        source = [as_written.get(word, word) for word in masked if word]
         try:
             return self.glossary.gloss(source, language)
         except GlossaryUnavailable as exc:
