@@ -258,7 +258,19 @@ def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
                             spellings: Spellings = NO_SPELLINGS) -> list[str | None]:
     """The prompt's words (`screening_words`) with allow-listed phrases masked (None), so
     nothing matches them."""
-    tokens: list[str | None] = list(screening_words(prompt, policy, spellings))
+    return allowed_phrases_masked(screening_words(prompt, policy, spellings), policy)
+
+
+def as_identified(text: str, read: list[str]) -> str:
+    """The text whose language is identified: as written, unless the rules read words it does
+    not have (leetspeak, masks, spaced or stretched letters undone): then as they read it, so
+    "ein Tr4n$p4r3nt mit der Auf$chr1ft" is German, not English fragments."""
+    written = {fold_accents(w) for w in re.findall(r"\w+", text.lower())}
+    return text if all(w in written for w in read) else " ".join(read)
+
+
+def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[str | None]:
+    tokens: list[str | None] = list(words)
     for phrase in policy.allow_phrases:
         target = list(term_words(phrase))
         for start in _find(tokens, target):
@@ -342,8 +354,9 @@ class TextScreen:
             rules = [r.model_copy(update={"categories": {**r.categories, **self.policy.negative_prompt_categories}})
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
-        identified = [self.languages.identify(text) for text, _ in normalised]
-        masked = [without_allowed_phrases(text, self.policy, self.spellings) for text, _ in normalised]
+        read = [screening_words(text, self.policy, self.spellings) for text, _ in normalised]
+        identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
+        masked = [allowed_phrases_masked(words, self.policy) for words in read]
         glosses = [self._gloss(text, m, language) for (text, _), m, (language, _) in zip(normalised, masked, identified)]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
