@@ -24,11 +24,12 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+from ldm_batch.safety.language import fold_accents
+
 DICTIONARY_CODES = {"de": "deu", "fr": "fra", "es": "spa", "it": "ita", "pt": "por", "nl": "nld", "pl": "pol",
                     "ja": "jpn"}
 BASE64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 LONGEST_JAPANESE_WORD = 10
-UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")  # Japanese: its marks are not accents
 KANA_PARTICLE = re.compile(r"[\u3040-\u309f\u3000-\u303f\uff01-\uff0f]")  # hiragana and punctuation
 SENSE_NOISE = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)|[{}]")
 NOT_A_SENSE = ("Note:", "see:", "Synonym:", "Synonyms:", "Antonym:", "\"", "(")
@@ -72,17 +73,15 @@ class Dictionary:
         digest = hashlib.sha256(index.read_bytes() + data.read_bytes()).hexdigest()
         if digest != sha256:
             raise GlossaryUnavailable(f"{base}: sha256 {digest} is not the pinned {sha256}")
-        from ldm_batch.safety.text import fold_accents
-
         self.data = gzip.decompress(data.read_bytes())  # dictzip is gzip with a seek table
         self.entries: dict[str, tuple[int, int]] = {}  # headword -> its longest entry
         for line in index.read_text(encoding="utf-8").splitlines():
             head, offset, length = line.split("\t")[:3]
             found = (_number(offset), _number(length))
             # a word with several entries: the longest is its main sense, with examples
-            # (German "Hund": dog, not the mine car)
-            # a word is also found without its accents (as the rules read "h3r0ïn3": heroine)
-            for key in {head.lower(), fold_accents(head.lower()) if not UNSPACED.search(head) else head.lower()}:
+            # (German "Hund": dog, not the mine car); a word is also found without its accents,
+            # as the rules read a leetspeak "h3r0ïn3"
+            for key in {head.lower(), fold_accents(head.lower())}:
                 if found[1] > self.entries.get(key, (0, 0))[1]:
                     self.entries[key] = found
 

@@ -62,6 +62,16 @@ class LanguageIdentifier:
         return language != UNDETERMINED and language not in self.policy.supported
 
 
+def fold_accents(text: str) -> str:
+    """Latin letters without their accents ("cadáver": "cadaver"); other scripts unchanged."""
+    out = []
+    for char in unicodedata.normalize("NFKD", text):
+        if unicodedata.combining(char) and out and out[-1] < "\u0250":
+            continue
+        out.append(char)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
 def normalise(text: str) -> tuple[str, list[str]]:
     """The text with invisible format characters (zero-width spaces and joiners, bidi
     controls, soft hyphens) removed and, in mostly-Latin text, letters of other scripts that

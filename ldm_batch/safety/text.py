@@ -31,14 +31,14 @@ from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
 from ldm_batch.safety.glossary import Glossary, GlossaryUnavailable
-from ldm_batch.safety.language import LanguageIdentifier, load_lexicon, normalise
+from ldm_batch.safety.language import LanguageIdentifier, fold_accents, load_lexicon, normalise
 from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
 MASKS = "*#?•·"  # characters written in place of a letter: "p*rn"
-# a word: letters and digits, with leetspeak or mask characters inside ("n@ked", "p*rn") and
-# leetspeak at either end ("$h0t", "bru1$3$")
-WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+[@$]?|[@$]")
+# a word: letters and digits, with leetspeak or mask characters inside ("n@ked", "p*rn"),
+# leetspeak at either end ("$h0t", "bru1$3$") and an asterisk for its last letter ("ohn*")
+WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]|(?<=[^\W_]{{2}})\*(?![^\s.,;:!?)]))?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
@@ -66,16 +66,6 @@ class PromptVerdict(BaseModel):
             "decision": decision, "negative": negative,
             "categories": self.categories + [c for c in negative.categories if c not in self.categories],
             "reasons": self.reasons + [f"negative prompt: {r}" for r in negative.reasons]})
-
-
-def fold_accents(text: str) -> str:
-    """Latin letters without their accents ("cadáver": "cadaver"); other scripts unchanged."""
-    out = []
-    for char in unicodedata.normalize("NFKD", text):
-        if unicodedata.combining(char) and out and out[-1] < "\u0250":
-            continue
-        out.append(char)
-    return unicodedata.normalize("NFC", "".join(out))
 
 
 def words(text: str) -> list[str]:
@@ -237,7 +227,7 @@ def term_words(term: str) -> tuple[str, ...]:
     """A policy term as the words it matches; a word written with a trailing "*" is a prefix."""
     found = []
     for chunk in term.split():
-        chunk_words = words(chunk)
+        chunk_words = words(chunk.removesuffix("*"))
         if chunk.endswith("*") and chunk_words:
             chunk_words[-1] += "*"
         found += chunk_words
