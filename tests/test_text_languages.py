@@ -70,6 +70,13 @@ def test_unsafe_prompts_in_every_supported_language_are_caught(screen, prompt, l
     "karabinek wspinaczkowy na linie",  # a climbing carabiner
     "lula grelhada com batatas e azeite",  # grilled squid
     "a crew of painters on a sunny terrace",
+    # marketing copy, and how each reads in its English gloss (tests/data/text_safety_marketing.csv)
+    "un rouge à lèvres nude sur fond beige",  # noun first: "nude lipstick" in French
+    "szminka w odcieniu nude na białym tle",
+    "Laufschuhe für Killer-Trainings im Park",  # a killer workout
+    "explosive Farben für unsere Herbstkollektion",  # an adjective; "explosives" stays a term
+    "una bomba di gusto: il nostro nuovo gelato",  # the gloss would read "bomb"
+    "キラーチューンが流れるカフェ",  # "killer tune" in the gloss
 ])
 def test_tricky_safe_prompts_in_other_languages_are_allowed(screen, prompt):
     verdict = screen.screen([prompt])[0]
