@@ -36,9 +36,10 @@ from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
 MASKS = "*#?•·"  # characters written in place of a letter: "p*rn"
+LAST_LETTER_MASKED = r"(?<=[^\W_]{2})\*(?![^\s.,;:!?)])"  # "ohn*" before a space or a stop
 # a word: letters and digits, with leetspeak or mask characters inside ("n@ked", "p*rn"),
 # leetspeak at either end ("$h0t", "bru1$3$") and an asterisk for its last letter ("ohn*")
-WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]|(?<=[^\W_]{{2}})\*(?![^\s.,;:!?)]))?|[@$]")
+WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]|{LAST_LETTER_MASKED})?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
@@ -260,6 +261,7 @@ def as_identified(text: str, read: list[str]) -> str:
 
 
 def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[str | None]:
+    """The words with the policy's allowed phrases masked (None)."""
     tokens: list[str | None] = list(words)
     for phrase in policy.allow_phrases:
         target = list(term_words(phrase))
@@ -345,9 +347,11 @@ class TextScreen:
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
         read = [screening_words(text, self.policy, self.spellings) for text, _ in normalised]
-        identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
+        identified = [self.languages.identify(as_identified(text, words))
+                      for (text, _), words in zip(normalised, read)]
         masked = [allowed_phrases_masked(words, self.policy) for words in read]
-        glosses = [self._gloss(text, m, language) for (text, _), m, (language, _) in zip(normalised, masked, identified)]
+        glosses = [self._gloss(text, m, language)
+                   for (text, _), m, (language, _) in zip(normalised, masked, identified)]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
