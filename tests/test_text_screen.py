@@ -102,6 +102,14 @@ def test_cli_screen_text_json_contract():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(v["prompt"], v["decision"]) for v in lines] == [("a killer deal", "allow"), ("a bloody corpse", "block")]
     assert {"categories", "reasons"} <= set(lines[1])
+    assert lines[1]["language"] == "en" and lines[1]["screen"].startswith("rules-")
+
+
+def test_cli_screen_text_json_names_the_language_and_the_gloss():
+    result = CliRunner().invoke(app, ["screen", "text", "ein Mann mit einer Schrotflinte vor einer Schule", "--json"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert verdict["language"] == "de" and "shotgun" in verdict["gloss"] and verdict["decision"] == "review"
 
 
 def test_eval_reports_per_category_and_overall():

@@ -58,7 +58,8 @@ def screen_text(prompts: Annotated[list[str] | None, typer.Argument(help="Prompt
         verdicts = text_screen(inv).screen(texts)
     for verdict in verdicts:
         if as_json:
-            emit_json(verdict.model_dump_json(include={"prompt", "decision", "categories", "reasons", "scores"}))
+            emit_json(verdict.model_dump_json(include={"prompt", "decision", "categories", "reasons", "scores",
+                                                       "language", "normalised", "gloss", "screen"}))
         else:
             colour = {"allow": "green", "review": "yellow", "block": "red"}[verdict.decision]
             reasons = f"  ({'; '.join(verdict.reasons)})" if verdict.reasons else ""
