@@ -94,6 +94,13 @@ class Dictionary:
         return first_sense(self.data[offset:offset + length].decode("utf-8", "replace"))
 
 
+@lru_cache(maxsize=None)
+def _dictionary(base: Path, sha256: str) -> Dictionary:
+    """One copy per process of each pinned dictionary, however many screens read it (a worker
+    that reloads its policies, the tests' many screens)."""
+    return Dictionary(base, sha256)
+
+
 class Glossary:
     """English glosses for the languages the policy pins a dictionary for; each dictionary is
     read on the first prompt in its language (an English-only sheet reads none)."""
@@ -113,7 +120,7 @@ class Glossary:
             if language not in self._dictionaries:
                 base = self.folder / f"freedict-{DICTIONARY_CODES[language]}-eng"
                 try:
-                    self._dictionaries[language] = Dictionary(base, self.pins[language])
+                    self._dictionaries[language] = _dictionary(base, self.pins[language])
                 except GlossaryUnavailable as exc:
                     self._dictionaries[language] = exc
         found = self._dictionaries[language]
