@@ -11,9 +11,11 @@ zwłoki, zwłok), for inflected languages; a term in a script written without sp
 as that language (words that are harmless in others: Dutch and German "kind").
 Classifier: per-category probabilities for the prompt with the allow-listed phrases taken
 out (ldm_batch.safety.text_classifier); at or above the category's threshold it fires.
-A category fires when either fires; the decision is the strictest action that fired.
+A prompt in another language with a dictionary is also read as its word-by-word English
+gloss (ldm_batch.safety.glossary), by the English terms and the classifier.
+A category fires when any of these fires; the decision is the strictest action that fired.
 Fail closed: when the classifier is unavailable or errors, every prompt is blocked with
-that reason.
+that reason; when a language's dictionary is missing or changed, its prompts are held.
 """
 
 from __future__ import annotations
