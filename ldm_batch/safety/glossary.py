@@ -3,9 +3,9 @@
 The text screen is strongest in English: its rules were written there first, and its
 classifier head learned most of its concepts from English prompts. A gloss gives both a second
 reading of a German, Polish or Japanese prompt: each word looked up in a bilingual dictionary
-(as written, else as its lemma) and replaced by its first English sense, function words left
-out. "ein Scharfschütze zielt auf einen vollen Marktplatz" reads "sniper aim full marketplace".
-It is crude English, but the rules' English terms and the classifier read it well enough to
+(as written, else as its lemma) and replaced by its first two English senses, function words
+left out. "ein Scharfschütze zielt auf einen vollen Marktplatz" reads "marksman sharpshooter aims
+at full blast full bast market square market place". It is crude English, but the rules' English terms and the classifier read it well enough to
 catch what the other language's own terms and training prompts miss (README, Text safety).
 
 Dictionaries: FreeDict's LANG-English dictionaries in dictd format, as Debian's
@@ -32,6 +32,9 @@ BASE64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 LONGEST_JAPANESE_WORD = 10
 KANA_PARTICLE = re.compile(r"[\u3040-\u309f\u3000-\u303f\uff01-\uff0f]")  # hiragana and punctuation
 SENSE_NOISE = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)|[{}]")
+# a word's first two translations ("Mädchen": kiddo, gal) give the rules and the classifier more
+# to read than one: held-out recall 0.913 -> 0.928 at FPR 0.038 -> 0.043 (README, Text safety)
+SENSES_PER_WORD = 2
 NOT_A_SENSE = ("Note:", "see:", "Synonym:", "Synonyms:", "Antonym:", "\"", "(")
 
 
@@ -47,18 +50,21 @@ def _number(digits: str) -> int:
     return value
 
 
-def first_sense(entry: str) -> str | None:
-    """The first English sense of a dictd entry: the first line after the headword that is a
-    translation (not a note, cross-reference or example), without labels, to its first comma."""
+def first_senses(entry: str) -> str | None:
+    """The English of a dictd entry: its first translation line (not a note, cross-reference
+    or example), without labels, to its SENSES_PER_WORD-th comma."""
     for line in entry.split("\n")[1:]:
         text = line.strip()
         if not text or text.startswith(NOT_A_SENSE):
             continue
         text = SENSE_NOISE.sub("", re.sub(r"^\d+\.\s*", "", text))
-        sense = re.sub(r"[^a-z' -]+", " ", re.split(r"[,;]", text)[0].lower())
-        sense = re.sub(r"^(to|a|an|the) ", "", " ".join(sense.split()))
-        if re.search(r"[a-z]", sense):
-            return sense
+        senses: list[str] = []
+        for part in re.split(r"[,;]", text)[:SENSES_PER_WORD]:
+            sense = re.sub(r"^(to|a|an|the) ", "", " ".join(re.sub(r"[^a-z' -]+", " ", part.lower()).split()))
+            if re.search(r"[a-z]", sense) and sense not in senses:
+                senses.append(sense)
+        if senses:
+            return " ".join(senses)
     return None
 
 
@@ -91,7 +97,7 @@ class Dictionary:
         if found is None:
             return None
         offset, length = found
-        return first_sense(self.data[offset:offset + length].decode("utf-8", "replace"))
+        return first_senses(self.data[offset:offset + length].decode("utf-8", "replace"))
 
 
 @lru_cache(maxsize=None)
