@@ -5,8 +5,9 @@ classifier head learned most of its concepts from English prompts. A gloss gives
 reading of a German, Polish or Japanese prompt: each word looked up in a bilingual dictionary
 (as written, else as its lemma) and replaced by its first two English senses, function words
 left out. "ein Scharfschütze zielt auf einen vollen Marktplatz" reads "marksman sharpshooter aims
-at full blast full bast market square market place". It is crude English, but the rules' English terms and the classifier read it well enough to
-catch what the other language's own terms and training prompts miss (README, Text safety).
+at full blast full bast market square market place". It is crude English, but the rules'
+English terms and the classifier read it well enough to catch what the other language's own
+terms and training prompts miss (README, Text safety).
 
 Dictionaries: FreeDict's LANG-English dictionaries in dictd format, as Debian's
 `dict-freedict-LANG-eng` packages install them (/usr/share/dictd; GPL-2+/GPL-3+, Polish
@@ -142,9 +143,8 @@ class Glossary:
         if language == "ja":
             return " ".join(sense for run in words for sense in _japanese_senses(run, dictionary))
         import simplemma
-        import stopwordsiso
 
-        function_words = stopwordsiso.stopwords(language)
+        function_words = _function_words(language)
         senses = []
         for word in words:
             if word in function_words or word.isdigit():
@@ -152,6 +152,14 @@ class Glossary:
             sense = dictionary.sense(word) or dictionary.sense(simplemma.lemmatize(word, lang=language))
             senses.append(sense or word)
         return " ".join(senses)
+
+
+@lru_cache(maxsize=None)
+def _function_words(language: str) -> frozenset[str]:
+    """stopwordsiso's words of the language (it copies its set on every call)."""
+    import stopwordsiso
+
+    return frozenset(stopwordsiso.stopwords(language))
 
 
 def _japanese_senses(text: str, dictionary: Dictionary) -> list[str]:

@@ -254,11 +254,15 @@ def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
     return allowed_phrases_masked(screening_words(prompt, policy, spellings), policy)
 
 
-def as_identified(text: str, read: list[str]) -> str:
+def written_words(text: str) -> dict[str, str]:
+    """The text's words as the rules fold them, each to the word as written (accents kept)."""
+    return {fold_accents(w): w for w in re.findall(r"\w+", text.lower())}
+
+
+def as_identified(text: str, read: list[str], written: dict[str, str]) -> str:
     """The text whose language is identified: as written, unless the rules read words it does
     not have (leetspeak, masks, spaced or stretched letters undone): then as they read it, so
     "ein Tr4n$p4r3nt mit der Auf$chr1ft" is German, not English fragments."""
-    written = {fold_accents(w) for w in re.findall(r"\w+", text.lower())}
     return text if all(w in written for w in read) else " ".join(read)
 
 
@@ -349,11 +353,11 @@ class TextScreen:
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
         read = [screening_words(text, self.policy, self.spellings) for text, _ in normalised]
-        identified = [self.languages.identify(as_identified(text, words))
-                      for (text, _), words in zip(normalised, read)]
+        written = [written_words(text) for text, _ in normalised]
+        identified = [self.languages.identify(as_identified(text, words, w))
+                      for (text, _), words, w in zip(normalised, read, written)]
         masked = [allowed_phrases_masked(words, self.policy) for words in read]
-        glosses = [self._gloss(text, m, language)
-                   for (text, _), m, (language, _) in zip(normalised, masked, identified)]
+        glosses = [self._gloss(m, w, language) for m, w, (language, _) in zip(masked, written, identified)]
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
@@ -373,15 +377,15 @@ class TextScreen:
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
 
-    def _gloss(self, text: str, masked: list[str | None], language: str) -> str | GlossaryUnavailable | None:
+    def _gloss(self, masked: list[str | None], written: dict[str, str],
+               language: str) -> str | GlossaryUnavailable | None:
         """The prompt's English gloss when the policy has a dictionary for its language: the
         words the rules read (leetspeak, masks and spacing undone, allowed phrases left out),
         each as written where the prompt has it (accents kept, for the dictionary and the
         lemmatiser); the reason when that dictionary cannot be used."""
         if self.glossary is None or not self.glossary.covers(language):
             return None
-        as_written = {fold_accents(w): w for w in re.findall(r"\w+", text.lower())}
-        source = [as_written.get(word, word) for word in masked if word]
+        source = [written.get(word, word) for word in masked if word]
         try:
             return self.glossary.gloss(source, language)
         except GlossaryUnavailable as exc:
@@ -428,7 +432,7 @@ class TextScreen:
             readings.append((" in the English gloss", rule_hits(without_allowed_phrases(gloss, policy), policy, "en"),
                              {name: p for name, p in (gloss_classified or {}).items()
                               if name in policy.categories and not policy.categories[name].context_terms}))
-        fired, reasons, scores = [], [], {}
+        fired, reasons, scores, gloss_fired = [], [], {}, False
         for name, category in policy.categories.items():
             why, score = [], 0.0
             for where, hits, probabilities in readings:
@@ -438,11 +442,12 @@ class TextScreen:
                     why.append(f"matched {', '.join(repr(h) for h in hits[name])}{where}")
                 if probability >= category.threshold:
                     why.append(f"classifier {probability:.2f} >= {category.threshold}{where}")
+                gloss_fired |= bool(where) and (name in hits or probability >= category.threshold)
             scores[name] = score
             if why:
                 fired.append(name)
                 reasons.append(f"{name} ({category.action}): {'; '.join(why)}")
-        if gloss is not None and any("English gloss" in r for r in reasons):
+        if gloss_fired:
             reasons.append(f"English gloss, word by word: {gloss!r}")
         actions = {policy.categories[name].action for name in fired}
         decision: Decision = "block" if "block" in actions else "review" if actions else "allow"
