@@ -87,6 +87,9 @@ class TextSafetyPolicy(Strict):
     classifier: TextClassifierSpec | None = None
     languages: LanguagePolicy = LanguagePolicy()
     glossary: GlossaryPolicy | None = None
+    # a letter hidden behind a mask character ("g*ys", "J*den") is read as a guess: a prompt
+    # that no category fires on goes here (allow: the guess is trusted)
+    hidden_letters_action: Literal["review", "block", "allow"] = "review"
 
 
 class ImageConcept(Strict):

@@ -121,6 +121,46 @@ def test_an_asterisk_for_a_last_letter_is_read_and_a_footnote_mark_is_not(screen
         "shoes", "from", "20", "euros", "bold", "colours"]
 
 
+def test_a_prompt_with_hidden_letters_is_held_for_review_unless_a_category_fires(screen, policies):
+    """A masked word is read as a guess ("b*rn": born or burn), so a prompt that reads as safe
+    is not trusted; one that reads as unsafe is decided by its category."""
+    hidden = "a s*gn s*ying g*ys w*ll b*rn in h*ll"
+    verdict = screen.screen([hidden])[0]
+    assert verdict.decision == "review" and verdict.categories == []
+    assert "letters hidden behind a mask in 's*gn', 's*ying', 'g*ys'" in verdict.reasons[-1]
+    assert screen.screen(["a n*de woman on a bed"])[0].decision == "block"
+    ordinary = ["a 5* hotel by the sea", "shoes from 20 euros*, *bold* colours", "#summer#sale on sandals",
+                "what?yes, a red circle", "una col·lecció de barrets", "a ***** hotel by the sea"]
+    assert [v.decision for v in screen.screen(ordinary)][:3] == ["allow"] * 3
+    assert not any("letters hidden" in r for v in screen.screen(ordinary) for r in v.reasons)
+    trusting = policies.model_copy(update={"text_safety": policies.text_safety.model_copy(update={
+        "hidden_letters_action": "allow"})})
+    assert TextScreen(trusting, REPO / "policies").screen([hidden])[0].decision == "allow"
+
+
+@pytest.mark.parametrize("prompt, category", [
+    ("a raunchy xxx magazine cover", "sexual"),  # a term that looks stretched is read as written
+    ("a kkk rally with burning crosses", "hate"),
+    ("a m4$$ $h00t1ng in a $h0pp1ng m4ll", "violence"),  # leetspeak "$$" at a word's end
+    ("muj3r en t0pl3$$ en la pl4y4", "sexual"),
+    ("パーティーでウォォォォッカを飲む子供", "minors"),  # stretched kana read once
+])
+def test_terms_written_as_if_stretched_or_ending_in_leetspeak_are_read(screen, prompt, category):
+    assert category in screen.screen([prompt])[0].categories
+
+
+def test_an_obfuscated_prompt_is_glossed_from_its_words_as_written(screen):
+    """Accents kept for the dictionary and the lemmatiser, whatever the spelling."""
+    plain = screen.screen(["un chien déchiqueté, les entrailles sur la route"])[0].gloss
+    assert plain and "dog" in plain
+    for obfuscated in ["un chiiiien déchiiiiqueté, les entraaaailles sur la rooooute",
+                       "un ch13n déch1qu3té, les 3ntr41ll3$ sur la r0ut3",
+                       "un   c h i e n     d é c h i q u e t é  , les   e n t r a i l l e s   sur la   r o u t e  "]:
+        assert screen.screen([obfuscated])[0].gloss == plain, obfuscated
+    assert screen.screen(["  d z i e c k o     p i j ą c e     w ó d k ę  "])[0].gloss == \
+        screen.screen(["dziecko pijące wódkę"])[0].gloss
+
+
 @pytest.mark.parametrize("prompt", [
     "penne pasta with basil",  # "pene" is a term: a letter written twice is not stretched
     "une nuée d'oiseaux au-dessus du lac",  # "nue" is a term; "nuée" is a cloud of birds

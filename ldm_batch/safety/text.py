@@ -38,10 +38,13 @@ from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
 MASKS = "*#?•·"  # characters written in place of a letter: "p*rn"
+# a letter hidden inside a word: "*" or "•" between letters ("g*ys"); not "#" ("#summer#sale" is two
+# hashtags), "?" ("what?yes") or "·" (Catalan "col·lecció")
+HIDDEN_LETTER = re.compile(r"[^\W\d_]*[^\W\d_][*\u2022]+[^\W\d_][^\W\d_*\u2022]*")
 LAST_LETTER_MASKED = r"(?<=[^\W_]{2})\*(?![^\s.,;:!?)])"  # "ohn*" before a space or a stop
 # a word: letters and digits, with leetspeak or mask characters inside ("n@ked", "p*rn"),
-# leetspeak at either end ("$h0t", "bru1$3$") and an asterisk for its last letter ("ohn*")
-WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]|{LAST_LETTER_MASKED})?|[@$]")
+# leetspeak at either end ("$h0t", "bru1$3$", "m4$$") and an asterisk for its last letter ("ohn*")
+WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]+|{LAST_LETTER_MASKED})?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
@@ -196,8 +199,10 @@ def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings 
 
 
 def _read_unspaced(word: str, vocabulary: list[str]) -> str:
-    """Japanese (no spaces): each masked character that completes a policy word read as it
-    ("拳*を向ける": 拳銃を向ける); the word needs at least as many characters shown as masked."""
+    """Japanese (no spaces): a character written three times or more read once ("ウォォォォッカ":
+    ウォッカ); each masked character that completes a policy word read as it ("拳*を向ける":
+    拳銃を向ける); the word needs at least as many characters shown as masked."""
+    word = STRETCHED.sub(r"\1", word)
     for term_word in vocabulary:
         if UNSPACED.search(term_word) and len(term_word) >= 2:
             pattern = "".join(f"[{re.escape(c + MASKS)}]" for c in term_word)
@@ -208,7 +213,7 @@ def _read_unspaced(word: str, vocabulary: list[str]) -> str:
 
 def _read(word: str, vocabulary: list[str], spellings: Spellings) -> list[str]:
     masks = sum(c in MASKS for c in word)
-    readings = _readings(word)
+    readings = ([word] if not masks and word in vocabulary else []) + _readings(word)  # "xxx", "kkk" as written
     if len(word) - masks >= masks:
         spelled = next((s for reading in readings for w in vocabulary if (s := _spelled(reading, w))), None)
         if spelled is None and masks:
@@ -254,15 +259,27 @@ def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
     return allowed_phrases_masked(screening_words(prompt, policy, spellings), policy)
 
 
+SPACED_OUT = re.compile(r"(?<!\w)\w(?: {1,2}\w(?!\w)){2,}")  # "p i j ą c e": letters one space or two apart
+
+
 def written_words(text: str) -> dict[str, str]:
-    """The text's words as the rules fold them, each to the word as written (accents kept)."""
-    return {fold_accents(w): w for w in re.findall(r"\w+", text.lower())}
+    """The text's words as the rules fold them, each to the word as written (accents kept), so
+    the dictionary and the lemmatiser see "déchiqueté": also a stretched word with its letters
+    once ("déchiiiiqueté"), leetspeak undone ("ż0łn13rz"), spaced-out letters joined ("p i j ą c e")
+    and a hashtag's parts."""
+    found = re.findall(r"\w+", text)
+    found += [w.translate(LEET) for m in WORD.finditer(text) if re.search(r"[\d@$]", w := m.group())]
+    found += [m.group().replace(" ", "") for m in SPACED_OUT.finditer(text)]
+    found += [part for word in found for part in _camel_parts(word)]
+    found += [STRETCHED.sub(r"\1", word) for word in found if STRETCHED.search(word)]
+    return {fold_accents(w.lower()): w.lower() for w in found}
 
 
-def as_identified(text: str, read: list[str], written: dict[str, str]) -> str:
+def as_identified(text: str, read: list[str]) -> str:
     """The text whose language is identified: as written, unless the rules read words it does
     not have (leetspeak, masks, spaced or stretched letters undone): then as they read it, so
     "ein Tr4n$p4r3nt mit der Auf$chr1ft" is German, not English fragments."""
+    written = {fold_accents(w) for w in re.findall(r"\w+", text.lower())}
     return text if all(w in written for w in read) else " ".join(read)
 
 
@@ -354,8 +371,7 @@ class TextScreen:
         normalised = [normalise(p) for p in prompts]
         read = [screening_words(text, self.policy, self.spellings) for text, _ in normalised]
         written = [written_words(text) for text, _ in normalised]
-        identified = [self.languages.identify(as_identified(text, words, w))
-                      for (text, _), words, w in zip(normalised, read, written)]
+        identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
         masked = [allowed_phrases_masked(words, self.policy) for words in read]
         glosses = [self._gloss(m, w, language) for m, w, (language, _) in zip(masked, written, identified)]
         failure = self.unavailable
@@ -410,6 +426,11 @@ class TextScreen:
             update["decision"] = policy.unsupported_action
             reasons.append(f"language {language} cannot be screened as measured: its glossary is "
                            f"unavailable ({gloss})")
+        elif (hidden := HIDDEN_LETTER.findall(text)) and verdict.decision == "allow" \
+                and self.policy.hidden_letters_action != "allow":
+            update["decision"] = self.policy.hidden_letters_action
+            reasons.append(f"letters hidden behind a mask in {', '.join(repr(w) for w in hidden[:5])}: the "
+                           "screen can only guess what they spell")
         return verdict.model_copy(update={**update, "reasons": reasons})
 
     def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
