@@ -40,16 +40,30 @@ class TextCategory(Strict):
     threshold: float = Field(0.5, gt=0, le=1, description="classifier probability at which it fires")
     language_terms: dict[str, list[str]] = Field({}, description="terms that apply only to prompts identified "
                                                                  "as that language (harmless words elsewhere)")
+    names: bool = Field(False, description="a category of names (people, brands): the classifier's reading of "
+                                           "an English gloss does not fire it, as a gloss translates words, "
+                                           "not names (its rules still read the gloss)")
+
+
+class EmbeddingHeadSpec(Strict):
+    """A sentence encoder (catalog id) and a head trained on its embeddings (file under policies/)."""
+
+    encoder: str
+    head: str
+    head_sha256: str  # the head file's sha256: a head that differs is not loaded
 
 
 class TextClassifierSpec(Strict):
-    """embedding-head: `encoder` (catalog id) + `head` (file under policies/);
+    """embedding-head: `encoder` (catalog id) + `head` (file under policies/), and optionally
+    `english`, a second encoder and head that read the prompt in English (as written, or its
+    gloss), the two heads' probabilities averaged;
     sequence-classification: `model` (catalog id) + `labels` (model label -> category)."""
 
     kind: Literal["embedding-head", "sequence-classification"]
     encoder: str | None = None
     head: str | None = None
     head_sha256: str | None = None  # the head file's sha256: a head that differs is not loaded
+    english: EmbeddingHeadSpec | None = None
     model: str | None = None
     labels: dict[str, str] = {}
 

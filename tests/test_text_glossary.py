@@ -46,6 +46,15 @@ def test_japanese_is_read_by_its_longest_dictionary_words(screen):
     assert screen.glossary.gloss(["散弾銃を持つ男が立っている"], "ja").startswith("shotgun hold take man")
 
 
+def test_a_gloss_says_how_much_of_the_prompt_it_translated(screen):
+    """The share weighs the English head: an untranslated word stays as written."""
+    whole = screen.screen(["ein Hund spielt im Park"])[0]
+    assert whole.gloss_translated == 1.0
+    half = screen.glossary.gloss(["hund", "quxlifzer"], "de")
+    assert half.translated == 0.5 and "quxlifzer" in half
+    assert screen.screen(["a dog in the park"])[0].gloss_translated is None  # English: no gloss
+
+
 @pytest.mark.parametrize("prompt", [
     "une prise de sang chez le médecin",  # allowed: its gloss would read "blood"
     "un ambiente bomba en la fiesta de verano de nuestra marca",  # slang for a great party

