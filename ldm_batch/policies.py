@@ -44,6 +44,13 @@ class TextCategory(Strict):
                                            "an English gloss does not fire it, as a gloss translates words, "
                                            "not names (its rules still read the gloss)")
 
+    @property
+    def fired_by_gloss_classifier(self) -> bool:
+        """Whether the classifier's reading of an English gloss may fire this category: not one
+        that needs context (a crude gloss of a child's picture reads too much like one), not
+        one of names (a gloss translates words, not names). Its rules still read the gloss."""
+        return not self.context_terms and not self.names
+
 
 class EmbeddingHeadSpec(Strict):
     """A sentence encoder (catalog id) and a head trained on its embeddings (file under policies/)."""

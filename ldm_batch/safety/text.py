@@ -467,15 +467,13 @@ class TextScreen:
         if failure:
             return PromptVerdict(prompt=prompt, decision="block", categories=[], scores={},
                                  reasons=[f"not screened, so not allowed: {failure}"], screen=self.id)
-        # the prompt as written, then its English gloss, read with the English terms; a crude
-        # gloss of a child's picture reads too much like one, and a gloss translates words, not
-        # names, so the classifier's reading of the gloss does not fire a category that needs
-        # context (minors) or one of names (people, brands): their rules still read it
+        # the prompt as written, then its English gloss, read with the English terms and by the
+        # classifier for the categories it may fire there (TextCategory.fired_by_gloss_classifier)
         readings = [("", rule_hits(masked, policy, language), classified or {})]
         if gloss is not None:
             readings.append((" in the English gloss", rule_hits(without_allowed_phrases(gloss, policy), policy, "en"),
                              {name: p for name, p in (gloss_classified or {}).items() if name in policy.categories
-                              and not policy.categories[name].context_terms and not policy.categories[name].names}))
+                              and policy.categories[name].fired_by_gloss_classifier}))
         fired, reasons, scores, gloss_fired = [], [], {}, False
         for name, category in policy.categories.items():
             why, score = [], 0.0

@@ -118,6 +118,12 @@ class EmbeddingHead:
         return 1 / (1 + np.exp(-(self.encoder.embed(texts) @ self.weight.T + self.bias)))
 
 
+def weighed_mean(multilingual, english, trust):
+    """The two heads' probabilities combined (numpy arrays or torch tensors): their mean, the
+    English head weighed by `trust` (one per row, 0 to 1) against the multilingual head's 1."""
+    return (multilingual + trust * english) / (1 + trust)
+
+
 class EmbeddingHeadClassifier:
     """The multilingual head over the text as given; with `english` in the policy, also an
     English encoder's head over the text's English reading (the prompt itself when it is
@@ -152,7 +158,7 @@ class EmbeddingHeadClassifier:
             unique = {r: i for i, r in enumerate(dict.fromkeys(readings))}  # a gloss reads for two texts
             in_english = self.english.probabilities(list(unique))[[unique[r] for r in readings]]
             weight = np.asarray(trust if trust is not None else [1.0] * len(texts))[:, None]
-            probabilities = (probabilities + weight * in_english) / (1 + weight)
+            probabilities = weighed_mean(probabilities, in_english, weight)
         return [{c: round(float(p), 4) for c, p in zip(self.categories, row)} for row in probabilities]
 
 

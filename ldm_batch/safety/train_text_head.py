@@ -19,7 +19,6 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -27,7 +26,7 @@ from ldm_batch.catalog import weights_sha256
 from ldm_batch.config import REPO_POLICIES
 from ldm_batch.policies import Policies, load_policies
 from ldm_batch.safety.text import TextScreen
-from ldm_batch.safety.text_classifier import Encoder
+from ldm_batch.safety.text_classifier import Encoder, weighed_mean
 from ldm_batch.safety.text_eval import load_labelled
 
 SHIFTS = (-0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
@@ -71,11 +70,11 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
         if "english" in inputs:
             reading = _probabilities(train_head(inputs["english"][train], targets[train]), inputs["english"][test])
             weight = trust[test].unsqueeze(1)
-            as_written[test] = (as_written[test] + weight * reading) / (1 + weight)
-            as_glossed[test] = (as_glossed[test] + weight * reading) / (1 + weight)
+            as_written[test] = weighed_mean(as_written[test], reading, weight)
+            as_glossed[test] = weighed_mean(as_glossed[test], reading, weight)
     categories = policies.text_safety.categories
     thresholds = torch.tensor([c.threshold for c in categories.values()])
-    not_from_gloss = torch.tensor([bool(c.context_terms) or c.names for c in categories.values()])
+    not_from_gloss = torch.tensor([not c.fired_by_gloss_classifier for c in categories.values()])
     safe = targets.sum(dim=1) == 0
     for shift in SHIFTS:
         fired = (as_written >= thresholds + shift).any(dim=1)
@@ -113,12 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     rules = TextScreen(policies.model_copy(update={"text_safety": policies.text_safety.model_copy(
         update={"classifier": None})}), args.policies).screen(prompts)
     glosses = [v.gloss for v in rules]
+    in_english = [g or p for g, p in zip(glosses, prompts)]  # the gloss, or the English prompt itself
     encoder = Encoder(policies, spec.encoder)
     inputs = {"multilingual": torch.from_numpy(encoder.embed(prompts)),
-              "gloss": torch.from_numpy(encoder.embed([g or p for g, p in zip(glosses, prompts)]))}
+              "gloss": torch.from_numpy(encoder.embed(in_english))}
     english_encoder = Encoder(policies, spec.english.encoder) if spec.english else None
     if english_encoder is not None:
-        inputs["english"] = torch.from_numpy(english_encoder.embed([g or p for g, p in zip(glosses, prompts)]))
+        inputs["english"] = torch.from_numpy(english_encoder.embed(in_english))
     targets = torch.tensor([[float(label == c) for c in categories] for label in train["label"]])
     languages = train["language"] if "language" in train.columns else ["en"] * len(train)
     concepts = train["concept"] if "concept" in train.columns else [""] * len(train)
