@@ -2,12 +2,12 @@
 
 A labelled CSV has `prompt` and `label` (`safe` or a policy category), and optionally
 `language` (else the identified language is used for the per-language figures) and `concept`:
-prompts that say the same thing in different languages share a concept. A third of every
-label is held out and never trained on, by concept: all translations of a held-out prompt
+prompts that say the same thing in different languages share a concept. About a third is
+held out and never trained on, by concept: all translations of a held-out prompt
 are held out with it, so the held-out figures measure concepts the classifier never saw in
 any language (otherwise a German prompt would be "held out" while its French translation is
-trained on). Units (a concept, or a prompt without one) are ranked by the sha256 of their
-text within their label and every third, from the first, is held out.
+trained on). A unit (a concept, or a prompt without one) is held out when the sha256 of its
+text is 0 modulo 3, so adding prompts never moves a unit from one split to the other.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from ldm_batch.safety.text import TextScreen
 def _splits(frame: pd.DataFrame) -> pd.Series:
     concepts = frame["concept"] if "concept" in frame.columns else pd.Series("", index=frame.index)
     unit = concepts.where(concepts != "", frame["prompt"])
-    digest = unit.map(lambda u: hashlib.sha256(u.encode()).hexdigest())
-    rank = digest.groupby(frame["label"]).rank(method="dense").astype(int) - 1  # a unit's rank within its label
-    return rank.map(lambda r: "heldout" if r % 3 == 0 else "train")
+    return unit.map(lambda u: "heldout" if int(hashlib.sha256(u.encode()).hexdigest(), 16) % 3 == 0 else "train")
 
 
 def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:

@@ -8,9 +8,9 @@ else its word-by-word gloss (weighed, in the screen, by the share of the prompt 
 translated). Writes the heads named in policies/text_safety.yaml.
 
 Before writing, it prints out-of-fold figures on the train split (rules + classifier, as the
-screen decides) with the policy's thresholds shifted by -0.25 to +0.15. The thresholds in the
-policy are the lowest at which the out-of-fold safe false-positive rate stays at or below
-0.05, in English and in the other languages: chosen without looking at the held-out split.
+screen decides) with the policy's thresholds shifted by -0.25 to +0.15, and a threshold per
+category chosen out of fold (`per_category_thresholds`): the policy's thresholds are those,
+chosen without looking at the held-out split.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from ldm_batch.safety.text_classifier import Encoder, weighed_mean
 from ldm_batch.safety.text_eval import load_labelled
 
 SHIFTS = (-0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
+GRID = tuple(round(0.35 + 0.05 * i, 2) for i in range(12))  # 0.35 .. 0.9
+FALSE_POSITIVE_BUDGET = 0.05  # the issue's target, out of fold, in English and in the other languages
 
 
 def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600, weight_decay: float = 1e-5):
@@ -84,6 +86,46 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
                    f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
                    for name, group in (("English", english), ("other languages", ~english))]
         print(f"thresholds {shift:+.2f}, out of fold, rules + classifier: {'; '.join(figures)}")
+    score = torch.maximum(as_written, torch.where(glossed.unsqueeze(1) & ~not_from_gloss, as_glossed, 0.0))
+    chosen = per_category_thresholds(score, rule_flags, safe, english)
+    flagged = rule_flags | (score >= torch.tensor(chosen)).any(dim=1)
+    print("per-category thresholds, out of fold: " + ", ".join(f"{c} {t}" for c, t in zip(categories, chosen)))
+    print("  at them: " + "; ".join(
+        f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, safe false-positive rate "
+        f"{flagged[safe & group].float().mean():.3f}" for name, group in (("English", english), ("other languages", ~english))))
+
+
+def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe: torch.Tensor,
+                            english: torch.Tensor) -> list[float]:
+    """A threshold per category from GRID, greedily: start every category at the top and, while
+    some move keeps the out-of-fold safe false-positive rate within FALSE_POSITIVE_BUDGET in
+    English and in the other languages, lower the one category (to any lower step, so a step that
+    gains nothing on its own does not block the next) that catches the most more unsafe prompts
+    per safe prompt it newly holds. `score`: per prompt and category, the probability that would
+    fire it (the prompt's, or its gloss's where the gloss may fire that category)."""
+    steps = [len(GRID) - 1] * score.shape[1]
+
+    def flagged(at: list[int]) -> torch.Tensor:
+        return rule_flags | (score >= torch.tensor([GRID[i] for i in at])).any(dim=1)
+
+    def within_budget(fired: torch.Tensor) -> bool:
+        return all(fired[safe & group].float().mean() <= FALSE_POSITIVE_BUDGET for group in (english, ~english))
+
+    while True:
+        now = flagged(steps)
+        best, best_value = None, 0.0
+        for category, step in enumerate(steps):
+            for lower in range(step - 1, -1, -1):
+                trial = steps[:category] + [lower] + steps[category + 1:]
+                fired = flagged(trial)
+                gained = int((fired & ~now & ~safe).sum())
+                if gained and within_budget(fired):
+                    value = gained / (1 + int((fired & ~now & safe).sum()))
+                    if value > best_value:
+                        best, best_value = trial, value
+        if best is None:
+            return [GRID[i] for i in steps]
+        steps = best
 
 
 def _save(out: Path, head, categories: list[str], encoder: Encoder, prompts: int) -> None:
