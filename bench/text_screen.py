@@ -1,8 +1,8 @@
 """Text screen throughput: prompts per second, rules alone and rules + classifier.
 
-    .venv/bin/python bench/text_screen.py [--repeats 3]
+    .venv/bin/python bench/text_screen.py [--repeats 3] [--prompts CSV]
 
-Runs the labelled prompt set through `TextScreen.screen` in batches of 1 and 64 and prints
+Runs the labelled prompt set (or another CSV with a `prompt` column) through `TextScreen.screen` in batches of 1 and 64 and prints
 one JSON object. Figures are from one run on one machine; compare ratios, not seconds.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -33,9 +34,10 @@ def throughput(screen: TextScreen, prompts: list[str], batch: int, repeats: int)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts", type=Path, default=REPO_POLICIES / "text_safety_labelled.csv")
     args = parser.parse_args()
     policies = load_policies(REPO_POLICIES)
-    prompts = pd.read_csv(REPO_POLICIES / "text_safety_labelled.csv")["prompt"].tolist()
+    prompts = pd.read_csv(args.prompts)["prompt"].tolist()
     with_classifier = TextScreen(policies, REPO_POLICIES)
     rules_only = TextScreen(policies.model_copy(update={"text_safety": policies.text_safety.model_copy(
         update={"classifier": None})}), REPO_POLICIES)
