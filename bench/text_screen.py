@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/text_screen.py [--repeats 3] [--prompts CSV]
 
-Runs the labelled prompt set (or another CSV with a `prompt` column) through `TextScreen.screen` in batches of 1 and 64 and prints
-one JSON object. Figures are from one run on one machine; compare ratios, not seconds.
+Runs the labelled prompt set (or another CSV with a `prompt` column) through
+`TextScreen.screen` in batches of 1 and 64 and prints one JSON object. Figures are from one
+run on one machine; compare ratios, not seconds.
 """
 
 from __future__ import annotations
