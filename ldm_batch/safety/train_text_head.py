@@ -76,23 +76,27 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
             as_glossed[test] = weighed_mean(as_glossed[test], reading, weight)
     categories = policies.text_safety.categories
     thresholds = torch.tensor([c.threshold for c in categories.values()])
-    not_from_gloss = torch.tensor([not c.fired_by_gloss_classifier for c in categories.values()])
+    from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in categories.values()])
+    # per prompt and category, the probability that fires it: the prompt's, or its gloss's
+    score = torch.maximum(as_written, torch.where(glossed.unsqueeze(1) & from_gloss, as_glossed, 0.0))
     safe = targets.sum(dim=1) == 0
     for shift in SHIFTS:
-        fired = (as_written >= thresholds + shift).any(dim=1)
-        fired |= glossed & ((as_glossed >= thresholds + shift) & ~not_from_gloss).any(dim=1)
-        flagged = fired | rule_flags
-        figures = [f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, "
-                   f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
-                   for name, group in (("English", english), ("other languages", ~english))]
-        print(f"thresholds {shift:+.2f}, out of fold, rules + classifier: {'; '.join(figures)}")
-    score = torch.maximum(as_written, torch.where(glossed.unsqueeze(1) & ~not_from_gloss, as_glossed, 0.0))
+        figures = _figures(_flagged(score, rule_flags, thresholds + shift), safe, english)
+        print(f"thresholds {shift:+.2f}, out of fold, rules + classifier: {figures}")
     chosen = per_category_thresholds(score, rule_flags, safe, english)
-    flagged = rule_flags | (score >= torch.tensor(chosen)).any(dim=1)
     print("per-category thresholds, out of fold: " + ", ".join(f"{c} {t}" for c, t in zip(categories, chosen)))
-    print("  at them: " + "; ".join(
-        f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, safe false-positive rate "
-        f"{flagged[safe & group].float().mean():.3f}" for name, group in (("English", english), ("other languages", ~english))))
+    print(f"  at them: {_figures(_flagged(score, rule_flags, torch.tensor(chosen)), safe, english)}")
+
+
+def _flagged(score: torch.Tensor, rule_flags: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Which prompts the screen holds: a rule fired, or a category's score reached its threshold."""
+    return rule_flags | (score >= thresholds).any(dim=1)
+
+
+def _figures(flagged: torch.Tensor, safe: torch.Tensor, english: torch.Tensor) -> str:
+    return "; ".join(f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, "
+                     f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
+                     for name, group in (("English", english), ("other languages", ~english)))
 
 
 def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe: torch.Tensor,
@@ -106,7 +110,7 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
     steps = [len(GRID) - 1] * score.shape[1]
 
     def flagged(at: list[int]) -> torch.Tensor:
-        return rule_flags | (score >= torch.tensor([GRID[i] for i in at])).any(dim=1)
+        return _flagged(score, rule_flags, torch.tensor([GRID[i] for i in at]))
 
     def within_budget(fired: torch.Tensor) -> bool:
         return all(fired[safe & group].float().mean() <= FALSE_POSITIVE_BUDGET for group in (english, ~english))
