@@ -89,6 +89,18 @@ class LanguagePolicy(Strict):
     lexicon_share: float = Field(0.8, gt=0, le=1)
 
 
+class TranslationPolicy(Strict):
+    """Apertium's rule-based translation to English (ldm_batch.safety.translation), for the
+    languages it covers, in place of their word-by-word glosses: `chains` names each language's
+    Apertium modes in order (French through Spanish: [fr-es, spa-eng]); each pair's data folder
+    under `folder` is pinned by sha256. A missing or changed pair is treated as a missing
+    dictionary."""
+
+    folder: Path = Path("/usr/share/apertium")
+    chains: dict[str, list[str]] = {}  # ISO 639-1 -> Apertium modes, in order
+    sha256: dict[str, str] = {}  # pair folder (apertium-eng-spa) -> pin
+
+
 class GlossaryPolicy(Strict):
     """Bilingual dictionaries for English glosses of the other languages' prompts
     (ldm_batch.safety.glossary): dictd files in `folder`, each pinned by sha256 (of its .index
@@ -97,6 +109,7 @@ class GlossaryPolicy(Strict):
 
     folder: Path = Path("/usr/share/dictd")
     sha256: dict[str, str] = {}  # ISO 639-1 -> pin
+    translation: TranslationPolicy | None = None
 
 
 class TextSafetyPolicy(Strict):

@@ -13,7 +13,9 @@ Dictionaries: FreeDict's LANG-English dictionaries in dictd format, as Debian's
 `dict-freedict-LANG-eng` packages install them (/usr/share/dictd; GPL-2+/GPL-3+, Polish
 CC-BY-SA-3.0), each pinned by sha256 in policies/text_safety.yaml. Lemmas from simplemma,
 function words from stopwordsiso. Japanese has no spaces: it is read by the longest dictionary
-headword at each position.
+headword at each position. Where the policy has an Apertium pair for the language
+(ldm_batch.safety.translation), `Glossary.glosses` reads the prompt as its translation instead,
+with the dictionary for the words the translation does not know.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ldm_batch.safety.language import fold_accents
+from ldm_batch.safety.translation import UNKNOWN_MARK, TranslationUnavailable, Translator
 
 DICTIONARY_CODES = {"de": "deu", "fr": "fra", "es": "spa", "it": "ita", "pt": "por", "nl": "nld", "pl": "pol",
                     "ja": "jpn"}
@@ -102,15 +105,19 @@ class Dictionary:
 
 
 class Gloss(str):
-    """A gloss's text, with the share of the prompt it translated (`translated`, 0 to 1): of
-    its content words, or for Japanese of its characters. What is left untranslated stays as
-    written (or, in Japanese, out), so a low share means the English reading misses much."""
+    """A prompt's English reading (a word-by-word gloss, or a machine translation), with the
+    share of the prompt it translated (`translated`, 0 to 1): of its content words, or for
+    Japanese of its characters. What is left untranslated stays as written (or, in Japanese,
+    out), so a low share means the English reading misses much. A translation also carries the
+    prompt's word-by-word gloss (`word_by_word`), which the rules read too: a translation can
+    choose the wrong sense ("granada": pomegranate) where the gloss lists the first two."""
 
     translated: float
+    word_by_word: str | None
 
-    def __new__(cls, text: str, translated: float) -> Gloss:
+    def __new__(cls, text: str, translated: float, word_by_word: str | None = None) -> Gloss:
         gloss = super().__new__(cls, text)
-        gloss.translated = translated
+        gloss.translated, gloss.word_by_word = translated, word_by_word
         return gloss
 
 
@@ -125,9 +132,11 @@ class Glossary:
     """English glosses for the languages the policy pins a dictionary for; each dictionary is
     read on the first prompt in its language (an English-only sheet reads none)."""
 
-    def __init__(self, folder: Path, pins: dict[str, str]):
-        self.folder, self.pins = folder, pins
+    def __init__(self, folder: Path, pins: dict[str, str], translator: Translator | None = None):
+        self.folder, self.pins, self.translator = folder, pins, translator
         self.id = hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+        if translator is not None:
+            self.id += f"+mt@{translator.id}"
         self._dictionaries: dict[str, Dictionary | GlossaryUnavailable] = {}
         self._lock = threading.Lock()
 
@@ -147,6 +156,49 @@ class Glossary:
         if isinstance(found, GlossaryUnavailable):
             raise found
         return found
+
+    def glosses(self, prompts: list[tuple[list[str], str]]) -> list[Gloss | GlossaryUnavailable | None]:
+        """Each (words, language)'s English reading: machine-translated where the translator
+        covers the language, else glossed word by word; None for a language with no dictionary;
+        the reason where the language's dictionary or translation cannot be used."""
+        readings: list[Gloss | GlossaryUnavailable | None] = [None] * len(prompts)
+        by_language: dict[str, list[int]] = {}
+        for i, (_, language) in enumerate(prompts):
+            if self.covers(language):
+                by_language.setdefault(language, []).append(i)
+        for language, chosen in by_language.items():
+            try:
+                if self.translator is not None and self.translator.covers(language):
+                    english = self.translator.translate([" ".join(prompts[i][0]) for i in chosen], language)
+                    found = [self._translated(prompts[i][0], text, language) for i, text in zip(chosen, english)]
+                else:
+                    found = [self.gloss(prompts[i][0], language) for i in chosen]
+            except (GlossaryUnavailable, TranslationUnavailable) as exc:
+                found = [GlossaryUnavailable(str(exc))] * len(chosen)
+            for i, reading in zip(chosen, found):
+                readings[i] = reading
+        return readings
+
+    def _translated(self, words: list[str], english: str, language: str) -> Gloss:
+        """A translation as a gloss: a word the translation left unknown (marked) is read with
+        the dictionary, else kept as written; `translated` is the share of the prompt's content
+        words known to one or the other."""
+        dictionary = self.dictionary(language)
+        import simplemma
+
+        out, unknown = [], 0
+        for token in english.split():
+            word = UNKNOWN_MARK.sub("", token)
+            if word != token:
+                bare = re.sub(r"^\W+|\W+$", "", word.lower())
+                sense = dictionary.sense(bare) or dictionary.sense(simplemma.lemmatize(bare, lang=language))
+                unknown += sense is None
+                word = sense or bare
+            out.append(word)
+        function_words = _function_words(language)
+        content = sum(w not in function_words and not w.isdigit() for w in words)
+        return Gloss(" ".join(out), max(0.0, 1 - unknown / content) if content else 1.0,
+                     word_by_word=self.gloss(words, language))
 
     def gloss(self, words: list[str], language: str) -> Gloss:
         """The words (lower case, as written) in English, one sense each; a word the dictionary

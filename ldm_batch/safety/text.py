@@ -11,11 +11,14 @@ zwłoki, zwłok), for inflected languages; a term in a script written without sp
 as that language (words that are harmless in others: Dutch and German "kind").
 Classifier: per-category probabilities for the prompt with the allow-listed phrases taken
 out (ldm_batch.safety.text_classifier); at or above the category's threshold it fires.
-A prompt in another language with a dictionary is also read as its word-by-word English
-gloss (ldm_batch.safety.glossary), by the English terms and the classifier.
+A prompt in another language with a dictionary is also read in English, by the English terms
+and the classifier: as its Apertium translation where the policy has a pair for the language
+(ldm_batch.safety.translation; the terms also read its word-by-word gloss), else as its
+word-by-word gloss (ldm_batch.safety.glossary).
 A category fires when any of these fires; the decision is the strictest action that fired.
 Fail closed: when the classifier is unavailable or errors, every prompt is blocked with
-that reason; when a language's dictionary is missing or changed, its prompts are held.
+that reason; when a language's dictionary or translation pair is missing or changed, its
+prompts are held.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
 from ldm_batch.safety.glossary import Gloss, Glossary, GlossaryUnavailable
+from ldm_batch.safety.translation import Translator
 from ldm_batch.safety.language import LanguageIdentifier, fold_accents, load_lexicon, normalise
 from ldm_batch.torch_thread import on_torch_thread
 
@@ -369,7 +373,9 @@ class TextScreen:
             except ClassifierUnavailable as exc:
                 self.unavailable = str(exc)
         glossary = self.policy.glossary
-        self.glossary = Glossary(glossary.folder, glossary.sha256) if glossary else None
+        translation = glossary.translation if glossary else None
+        translator = Translator(translation.folder, translation.chains, translation.sha256) if translation else None
+        self.glossary = Glossary(glossary.folder, glossary.sha256, translator) if glossary else None
         self.id = (self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
                    + (f"+gloss@{self.glossary.id}" if self.glossary else ""))
         # what a masked or stretched word may be read as: the classifier's words (USE's are in
@@ -390,7 +396,7 @@ class TextScreen:
         written = [written_words(text) for text, _ in normalised]
         identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
         masked = [allowed_phrases_masked(words, self.policy) for words in read]
-        glosses = [self._gloss(m, w, language) for m, w, (language, _) in zip(masked, written, identified)]
+        glosses = self._glosses(masked, written, [language for language, _ in identified])
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
@@ -415,19 +421,17 @@ class TextScreen:
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
 
-    def _gloss(self, masked: list[str | None], written: dict[str, str],
-               language: str) -> Gloss | GlossaryUnavailable | None:
-        """The prompt's English gloss when the policy has a dictionary for its language: the
-        words the rules read (leetspeak, masks and spacing undone, allowed phrases left out),
-        each as written where the prompt has it (accents kept, for the dictionary and the
-        lemmatiser); the reason when that dictionary cannot be used."""
-        if self.glossary is None or not self.glossary.covers(language):
-            return None
-        source = [written.get(word, word) for word in masked if word]
-        try:
-            return self.glossary.gloss(source, language)
-        except GlossaryUnavailable as exc:
-            return exc
+    def _glosses(self, masked: list[list[str | None]], written: list[dict[str, str]],
+                 languages: list[str]) -> list[Gloss | GlossaryUnavailable | None]:
+        """Each prompt's English reading when the policy has a dictionary for its language (a
+        translation where it translates that language, else a gloss): of the words the rules
+        read (leetspeak, masks and spacing undone, allowed phrases left out), each as written
+        where the prompt has it (accents kept, for the translator, dictionary and lemmatiser);
+        the reason when that language's dictionary or translation cannot be used."""
+        if self.glossary is None:
+            return [None] * len(masked)
+        return self.glossary.glosses([([w.get(word, word) for word in m if word], language)
+                                      for m, w, language in zip(masked, written, languages)])
 
     def _in_language(self, verdict: PromptVerdict, text: str, changes: list[str], language: str,
                      probability: float, gloss: Gloss | GlossaryUnavailable | None) -> PromptVerdict:
@@ -471,9 +475,14 @@ class TextScreen:
         # classifier for the categories it may fire there (TextCategory.fired_by_gloss_classifier)
         readings = [("", rule_hits(masked, policy, language), classified or {})]
         if gloss is not None:
-            readings.append((" in the English gloss", rule_hits(without_allowed_phrases(gloss, policy), policy, "en"),
+            translated = gloss.word_by_word is not None
+            readings.append((" in the English translation" if translated else " in the English gloss",
+                             rule_hits(without_allowed_phrases(gloss, policy), policy, "en"),
                              {name: p for name, p in (gloss_classified or {}).items() if name in policy.categories
                               and policy.categories[name].fired_by_gloss_classifier}))
+            if translated:
+                readings.append((" in the word-by-word gloss",
+                                 rule_hits(without_allowed_phrases(gloss.word_by_word, policy), policy, "en"), {}))
         fired, reasons, scores, gloss_fired = [], [], {}, False
         for name, category in policy.categories.items():
             why, score = [], 0.0
@@ -489,7 +498,9 @@ class TextScreen:
             if why:
                 fired.append(name)
                 reasons.append(f"{name} ({category.action}): {'; '.join(why)}")
-        if gloss_fired:
+        if gloss_fired and gloss.word_by_word is not None:
+            reasons.append(f"English translation (Apertium): {str(gloss)!r}; word by word: {gloss.word_by_word!r}")
+        elif gloss_fired:
             reasons.append(f"English gloss, word by word: {gloss!r}")
         actions = {policy.categories[name].action for name in fired}
         decision: Decision = "block" if "block" in actions else "review" if actions else "allow"

@@ -1,0 +1,135 @@
+"""Machine translation to English with Apertium, for the languages Debian packages a pair for.
+
+A word-by-word gloss (ldm_batch.safety.glossary) reads each word alone, and FreeDict's Spanish,
+French and Italian dictionaries are small (3,400 to 8,500 entries), so those glosses kept many
+words as written. Apertium is a rule-based translation engine with real morphology, tagging and
+transfer: "una bambina che posa in modo seducente in bikini" reads "a girl that poses in way
+seducente in bikini" through Spanish. Debian packages an English pair for Spanish only
+(`apertium-eng-spa`); French, Italian and Portuguese go through Spanish (`apertium-fr-es`,
+`apertium-spa-ita`, `apertium-es-pt`). German, Dutch, Polish and Japanese have no pair and keep
+their dictionary glosses.
+
+A word Apertium does not know comes out marked (`*word`, `#word`, `@word`); the glossary reads
+it with its dictionary instead (`Glossary.glosses`). Each pair's data is pinned by sha256
+(policies/text_safety.yaml, `glossary.translation`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+UNKNOWN_MARK = re.compile(r"^[*#@]+")
+STREAM_SPECIAL = re.compile(r"[\\\[\]^$/@<>{}*#\x00]")  # Apertium's stream format reserves them
+
+
+class TranslationUnavailable(Exception):
+    """Apertium, or a pair's data, is missing or not the pinned one."""
+
+
+@lru_cache(maxsize=None)
+def pair_digest(folder: Path) -> str:
+    """sha256 of a pair's installed data: every file under its folder, by name and content."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+class Translator:
+    """Translates batches of texts of one language to English through the language's chain of
+    Apertium modes, run as one pipeline per process (`Pipeline`)."""
+
+    def __init__(self, folder: Path, chains: dict[str, list[str]], pins: dict[str, str]):
+        self.folder, self.chains, self.pins = folder, chains, pins
+        self.id = hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+
+    def covers(self, language: str) -> bool:
+        return language in self.chains
+
+    def check(self, language: str) -> None:
+        """TranslationUnavailable if Apertium or a pinned pair of the language's chain is missing
+        or changed (checked once per process and pair)."""
+        if shutil.which("apertium") is None:
+            raise TranslationUnavailable("apertium is not installed (Debian: apt-get install apertium cg3)")
+        for step in self.chains[language]:
+            mode = self.folder / "modes" / f"{step}.mode"
+            found = re.search(r"/(apertium-[a-z]+-[a-z]+)/", mode.read_text()) if mode.is_file() else None
+            if found is None:
+                raise TranslationUnavailable(f"{mode} missing (Debian: apt-get install the apertium pair of {step})")
+            package = found.group(1)
+            if package not in self.pins:
+                raise TranslationUnavailable(f"{package} (for {step}) has no sha256 pin in the policy")
+            if (digest := pair_digest(self.folder / package)) != self.pins[package]:
+                raise TranslationUnavailable(f"{self.folder / package}: sha256 {digest} is not the pinned "
+                                             f"{self.pins[package]} (Debian: apt-get install {package})")
+
+    def translate(self, texts: list[str], language: str) -> list[str]:
+        """The texts in English, unknown words marked; TranslationUnavailable if it cannot run."""
+        self.check(language)
+        return _pipeline(" | ".join(null_flushed((self.folder / "modes" / f"{step}.mode").read_text())
+                                    for step in self.chains[language])).translate(texts)
+
+
+def null_flushed(mode: str) -> str:
+    """A mode's shell pipeline with every program in null-flush mode (-z): each text ends with a
+    NUL and every program answers it before reading on, so one pipeline serves a process."""
+    steps = [step.strip() for step in mode.replace("$1", "-g").replace("$2", "").split("|")]
+    return " | ".join(re.sub(r"^(\S+)", r"\1 -z", step) for step in steps)
+
+
+@lru_cache(maxsize=None)
+def _pipeline(command: str) -> Pipeline:
+    """One pipeline per process and command, however many screens use it."""
+    return Pipeline(command)
+
+
+class Pipeline:
+    """One running Apertium pipeline: texts in, each ended by a NUL; translations out, the same.
+    Some programs answer a NUL only once they have read past it, so each batch is followed by
+    blank texts (`PADDING`) that push its last answers out; blank answers are skipped."""
+
+    CHUNK = 32  # texts written before their answers are read (the pipes' buffers are finite)
+    PADDING = b"\n\0" * 8
+
+    def __init__(self, command: str):
+        self.command, self.lock = command, threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self.pid = os.getpid()
+        self.process = subprocess.Popen(["bash", "-c", self.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL)
+
+    def translate(self, texts: list[str]) -> list[str]:
+        with self.lock:
+            if self.pid != os.getpid() or self.process.poll() is not None:
+                self._start()  # a forked process does not share its parent's pipes; a stopped one restarts
+            try:
+                out: list[str] = []
+                for at in range(0, len(texts), self.CHUNK):
+                    chunk = [" ".join(STREAM_SPECIAL.sub(" ", t).split()) or "." for t in texts[at:at + self.CHUNK]]
+                    self.process.stdin.write(b"".join(t.encode() + b"\0" for t in chunk) + self.PADDING)
+                    self.process.stdin.flush()
+                    out += [self._answer() for _ in chunk]
+                return out
+            except (OSError, EOFError) as exc:
+                self.process.kill()
+                raise TranslationUnavailable(f"apertium stopped ({self.command[:80]}...): {exc}") from exc
+
+    def _answer(self) -> str:
+        """The next text's answer, past the padding's blank ones."""
+        while True:
+            answer = bytearray()
+            while (byte := self.process.stdout.read(1)) != b"\0":
+                if not byte:
+                    raise EOFError("no answer")
+                answer += byte
+            if answer.strip():
+                return answer.decode("utf-8", "replace").strip()
