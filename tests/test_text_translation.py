@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from ldm_batch.safety.text import TextScreen
-from ldm_batch.safety.translation import _pipeline, null_flushed
+from ldm_batch.safety.translation import _pipeline, null_flushed, pair_digest
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_a_batch_is_answered_text_by_text_in_order(screen):
 def test_a_stopped_translation_pipeline_is_started_again(screen):
     translator = screen.glossary.translator
     assert translator.translate(["un perro"], "es") == ["A dog"]
-    command = " | ".join(null_flushed((translator.folder / "modes" / "spa-eng.mode").read_text()) for _ in [0])
+    command = null_flushed((translator.folder / "modes" / "spa-eng.mode").read_text())  # Spanish: one step
     _pipeline(command).process.kill()
     _pipeline(command).process.wait()
     assert translator.translate(["un gato"], "es") == ["A cat"]
@@ -108,3 +108,20 @@ def test_a_changed_translation_pair_is_not_used(policies):
     assert portuguese.decision == "review" and any("is not the pinned" in r for r in portuguese.reasons)
     assert spanish.decision == "allow"  # its chain does not use the Portuguese pair
     assert screen.id != TextScreen(policies, REPO / "policies").id  # the pins are in the screen's id
+
+
+def test_a_pair_whose_program_is_missing_holds_its_prompts_and_says_which(policies, tmp_path):
+    """Italian's pair needs cg-proc (Debian's cg3); a machine without it must not translate
+    half a pipeline. Here the mode names a program that is not installed."""
+    (tmp_path / "apertium-eng-spa").mkdir()
+    (tmp_path / "apertium-eng-spa" / "spa-eng.automorf.bin").write_bytes(b"x")
+    (tmp_path / "modes").mkdir()
+    (tmp_path / "modes" / "spa-eng.mode").write_text(
+        f"lt-proc '{tmp_path}/apertium-eng-spa/spa-eng.automorf.bin' | no-such-cg-proc -w 'x.bin'")
+    pins = {"apertium-eng-spa": pair_digest(tmp_path / "apertium-eng-spa")}
+    screen = TextScreen(with_translation(policies, folder=tmp_path, chains={"es": ["spa-eng"]}, sha256=pins),
+                        REPO / "policies")
+    spanish, french = screen.screen(["un perro juega en el parque", "un chien joue dans le parc"])
+    assert spanish.decision == "review"
+    assert any("no-such-cg-proc is not installed" in r for r in spanish.reasons), spanish.reasons
+    assert french.decision == "allow" and french.language == "fr"  # not in this policy's chains: glossed

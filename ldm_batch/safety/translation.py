@@ -56,13 +56,15 @@ class Translator:
     def check(self, language: str) -> None:
         """TranslationUnavailable if Apertium or a pinned pair of the language's chain is missing
         or changed (checked once per process and pair)."""
-        if shutil.which("apertium") is None:
-            raise TranslationUnavailable("apertium is not installed (Debian: apt-get install apertium cg3)")
         for step in self.chains[language]:
             mode = self.folder / "modes" / f"{step}.mode"
             found = re.search(r"/(apertium-[a-z]+-[a-z]+)/", mode.read_text()) if mode.is_file() else None
             if found is None:
                 raise TranslationUnavailable(f"{mode} missing (Debian: apt-get install the apertium pair of {step})")
+            for program in {part.split()[0] for part in mode.read_text().split("|") if part.strip()}:
+                if shutil.which(program) is None:
+                    raise TranslationUnavailable(f"{program} is not installed, {step} needs it (Debian: apt-get "
+                                                 "install apertium cg3 apertium-lex-tools)")
             package = found.group(1)
             if package not in self.pins:
                 raise TranslationUnavailable(f"{package} (for {step}) has no sha256 pin in the policy")
