@@ -36,8 +36,8 @@ from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
 from ldm_batch.safety.glossary import Gloss, Glossary, GlossaryUnavailable
-from ldm_batch.safety.translation import Translator
 from ldm_batch.safety.language import LanguageIdentifier, fold_accents, load_lexicon, normalise
+from ldm_batch.safety.translation import Translator
 from ldm_batch.torch_thread import on_torch_thread
 
 Decision = Literal["allow", "review", "block"]
