@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from ldm_batch.safety.text import TextScreen
-from ldm_batch.safety.translation import _pipeline, null_flushed, pair_digest
+from ldm_batch.safety.translation import Pipeline, TranslationUnavailable, _pipeline, null_flushed, pair_digest
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,18 @@ def test_a_pair_whose_program_is_missing_holds_its_prompts_and_says_which(polici
     assert spanish.decision == "review"
     assert any("no-such-cg-proc is not installed" in r for r in spanish.reasons), spanish.reasons
     assert french.decision == "allow" and french.language == "fr"  # not in this policy's chains: glossed
+
+
+def test_the_last_words_of_a_prompt_are_translated(screen):
+    """Apertium's analyser drops a word it is still matching when a text ends at a bare NUL
+    ("la salle de bain" read as "the room"); each text is ended with a full stop."""
+    english = screen.glossary.translator.translate(["une fillette de dix ans nue dans la salle de bain"], "fr")[0]
+    assert english.endswith("room of bath"), english
+
+
+def test_a_pipeline_that_does_not_answer_is_stopped_and_its_prompts_held(monkeypatch):
+    pipeline = Pipeline("cat > /dev/null")  # reads everything, answers nothing
+    monkeypatch.setattr(Pipeline, "TIMEOUT", 0.5)
+    with pytest.raises(TranslationUnavailable, match="no answer in"):
+        pipeline.translate(["un perro"])
+    assert pipeline.process.poll() is not None  # stopped, every program of it

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import threading
 from functools import lru_cache
@@ -54,8 +56,8 @@ class Translator:
         return language in self.chains
 
     def check(self, language: str) -> None:
-        """TranslationUnavailable if Apertium or a pinned pair of the language's chain is missing
-        or changed (checked once per process and pair)."""
+        """TranslationUnavailable if a program or a pinned pair of the language's chain is missing
+        or changed (a pair's digest is computed once per process)."""
         for step in self.chains[language]:
             mode = self.folder / "modes" / f"{step}.mode"
             found = re.search(r"/(apertium-[a-z]+-[a-z]+)/", mode.read_text()) if mode.is_file() else None
@@ -95,19 +97,30 @@ def _pipeline(command: str) -> Pipeline:
 class Pipeline:
     """One running Apertium pipeline: texts in, each ended by a NUL; translations out, the same.
     Some programs answer a NUL only once they have read past it, so each batch is followed by
-    blank texts (`PADDING`) that push its last answers out; blank answers are skipped."""
+    blank texts (`PADDING`) that push its last answers out; blank answers are skipped. A
+    pipeline that stops, or does not answer within `TIMEOUT` seconds, is stopped and its
+    prompts are not screened as measured (TranslationUnavailable: they are held)."""
 
     CHUNK = 32  # texts written before their answers are read (the pipes' buffers are finite)
     PADDING = b"\n\0" * 8
+    TIMEOUT = 60.0
 
     def __init__(self, command: str):
         self.command, self.lock = command, threading.Lock()
         self._start()
 
     def _start(self) -> None:
-        self.pid = os.getpid()
+        self.pid, self.pending = os.getpid(), bytearray()
         self.process = subprocess.Popen(["bash", "-c", self.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL, bufsize=0, start_new_session=True)
+
+    def stop(self) -> None:
+        """Stops the pipeline, every program of it."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
     def translate(self, texts: list[str]) -> list[str]:
         with self.lock:
@@ -116,22 +129,30 @@ class Pipeline:
             try:
                 out: list[str] = []
                 for at in range(0, len(texts), self.CHUNK):
-                    chunk = [" ".join(STREAM_SPECIAL.sub(" ", t).split()) or "." for t in texts[at:at + self.CHUNK]]
-                    self.process.stdin.write(b"".join(t.encode() + b"\0" for t in chunk) + self.PADDING)
-                    self.process.stdin.flush()
+                    chunk = [" ".join(STREAM_SPECIAL.sub(" ", t).split()) for t in texts[at:at + self.CHUNK]]
+                    # each text ends with a full stop: before a bare NUL the analyser drops a
+                    # word it is still matching ("la salle de bain" read as "the room")
+                    data = memoryview(b"".join(t.encode() + b" .\0" for t in chunk) + self.PADDING)
+                    while data:  # an unbuffered pipe may take part of it
+                        data = data[os.write(self.process.stdin.fileno(), data):]
                     out += [self._answer() for _ in chunk]
                 return out
-            except (OSError, EOFError) as exc:
-                self.process.kill()
-                raise TranslationUnavailable(f"apertium stopped ({self.command[:80]}...): {exc}") from exc
+            except (OSError, EOFError, TimeoutError) as exc:
+                self.stop()
+                raise TranslationUnavailable(f"apertium stopped ({self.command[:80]}...): {exc!r}") from exc
 
     def _answer(self) -> str:
         """The next text's answer, past the padding's blank ones."""
         while True:
-            answer = bytearray()
-            while (byte := self.process.stdout.read(1)) != b"\0":
-                if not byte:
+            while b"\0" not in self.pending:
+                if not select.select([self.process.stdout], [], [], self.TIMEOUT)[0]:
+                    raise TimeoutError(f"no answer in {self.TIMEOUT:.0f} s")
+                data = os.read(self.process.stdout.fileno(), 65536)
+                if not data:
                     raise EOFError("no answer")
-                answer += byte
-            if answer.strip():
-                return answer.decode("utf-8", "replace").strip()
+                self.pending += data
+            end = self.pending.index(b"\0")
+            answer = bytes(self.pending[:end]).decode("utf-8", "replace").strip()
+            del self.pending[:end + 1]
+            if answer:
+                return answer.removesuffix(".").strip() or "."
