@@ -51,34 +51,39 @@ class Translator:
     def __init__(self, folder: Path, chains: dict[str, list[str]], pins: dict[str, str]):
         self.folder, self.chains, self.pins = folder, chains, pins
         self.id = hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+        self._commands: dict[str, str] = {}
 
     def covers(self, language: str) -> bool:
         return language in self.chains
 
-    def check(self, language: str) -> None:
-        """TranslationUnavailable if a program or a pinned pair of the language's chain is missing
-        or changed (a pair's digest is computed once per process)."""
-        for step in self.chains[language]:
-            mode = self.folder / "modes" / f"{step}.mode"
-            found = re.search(r"/(apertium-[a-z]+-[a-z]+)/", mode.read_text()) if mode.is_file() else None
-            if found is None:
-                raise TranslationUnavailable(f"{mode} missing (Debian: apt-get install the apertium pair of {step})")
-            for program in {part.split()[0] for part in mode.read_text().split("|") if part.strip()}:
-                if shutil.which(program) is None:
-                    raise TranslationUnavailable(f"{program} is not installed, {step} needs it (Debian: apt-get "
-                                                 "install apertium cg3 apertium-lex-tools)")
-            package = found.group(1)
-            if package not in self.pins:
-                raise TranslationUnavailable(f"{package} (for {step}) has no sha256 pin in the policy")
-            if (digest := pair_digest(self.folder / package)) != self.pins[package]:
-                raise TranslationUnavailable(f"{self.folder / package}: sha256 {digest} is not the pinned "
-                                             f"{self.pins[package]} (Debian: apt-get install {package})")
+    def command(self, language: str) -> str:
+        """The language's checked pipeline, worked out once per translator and language;
+        TranslationUnavailable if a program or a pinned pair of its chain is missing or changed."""
+        if language not in self._commands:
+            self._commands[language] = " | ".join(null_flushed(self._checked_mode(step)) for step in self.chains[language])
+        return self._commands[language]
+
+    def _checked_mode(self, step: str) -> str:
+        mode = self.folder / "modes" / f"{step}.mode"
+        text = mode.read_text() if mode.is_file() else ""
+        found = re.search(r"/(apertium-[a-z]+-[a-z]+)/", text)
+        if found is None:
+            raise TranslationUnavailable(f"{mode} missing (Debian: apt-get install the apertium pair of {step})")
+        for program in {part.split()[0] for part in text.split("|") if part.strip()}:
+            if shutil.which(program) is None:
+                raise TranslationUnavailable(f"{program} is not installed, {step} needs it (Debian: apt-get "
+                                             "install apertium cg3 apertium-lex-tools)")
+        package = found.group(1)
+        if package not in self.pins:
+            raise TranslationUnavailable(f"{package} (for {step}) has no sha256 pin in the policy")
+        if (digest := pair_digest(self.folder / package)) != self.pins[package]:
+            raise TranslationUnavailable(f"{self.folder / package}: sha256 {digest} is not the pinned "
+                                         f"{self.pins[package]} (Debian: apt-get install {package})")
+        return text
 
     def translate(self, texts: list[str], language: str) -> list[str]:
         """The texts in English, unknown words marked; TranslationUnavailable if it cannot run."""
-        self.check(language)
-        return _pipeline(" | ".join(null_flushed((self.folder / "modes" / f"{step}.mode").read_text())
-                                    for step in self.chains[language])).translate(texts)
+        return _pipeline(self.command(language)).translate(texts)
 
 
 def null_flushed(mode: str) -> str:
