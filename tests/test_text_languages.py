@@ -11,7 +11,7 @@ from conftest import DATA, REPO
 from ldm_batch.preflight import screen_rows
 from ldm_batch.safety.language import normalise
 from ldm_batch.safety.obfuscations import OBFUSCATIONS
-from ldm_batch.safety.text import TextScreen, rule_hits, screening_words, without_allowed_phrases, words
+from ldm_batch.safety.text import Terms, TextScreen, rule_hits, screening_words, without_allowed_phrases, words
 from ldm_batch.safety.text_eval import evaluate, evaluate_obfuscated, load_labelled
 from ldm_batch.sheets import PromptRow
 
@@ -224,6 +224,14 @@ def test_rule_terms_fold_accents_match_prefixes_and_unspaced_scripts(policies):
     assert "minors" not in rule_hits(words("a kind of underwear"), policy, "en")  # "kind" is German and Dutch only
     assert "violence" in rule_hits(words("eine tote Frau im Wald"), policy, "de")
     assert "violence" not in rule_hits(words("a canvas tote bag"), policy, "en")  # "tote" is German only
+
+
+def test_terms_match_whole_words_in_sequence_and_never_across_an_allowed_phrase():
+    terms = Terms(("a* b", "zwłok*", "red car", "ab", "覚醒剤"))
+    assert terms.found(words("an b, zwłoki and a red car"), "") == ["a* b", "zwłok*", "red car"]  # policy order
+    assert terms.found(words("a redcar, abc, bzwłoki, car red"), "") == []  # whole words, in order
+    assert terms.found(["red", None, "car"], "") == []  # None: an allowed phrase taken out between them
+    assert terms.found(["ab"], "トレーラーで覚醒剤を作る") == ["ab", "覚醒剤"]
 
 
 def test_the_negative_prompt_is_screened_with_its_own_verdict(screen, policies):

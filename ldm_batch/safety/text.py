@@ -247,24 +247,54 @@ def term_words(term: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-@functools.lru_cache(maxsize=8192)
-def _term_pattern(term: str) -> tuple[re.Pattern, bool]:
-    """The term as a regular expression over the prompt's words joined by spaces, or, for a
-    script written without spaces (the second value: True), over its words joined without them."""
-    if UNSPACED.search(term):
-        return re.compile(re.escape("".join(term_words(term)))), True
-    parts = [re.escape(w[:-1]) + "[^ ]*" if w.endswith("*") else re.escape(w) for w in term_words(term)]
-    return re.compile("(?:^| )" + " ".join(parts) + "(?= |$)"), False
+class Terms:
+    """A category's terms, indexed for matching a prompt's words one by one: a term by its
+    first word, a term whose first word is a prefix ("zwłok*") by the prefix's first two
+    letters (its one letter, if it has only one); a term in a script written without spaces (Japanese) matches anywhere in the
+    words joined without them."""
+
+    def __init__(self, terms: tuple[str, ...]):
+        self.terms = terms
+        self.by_first: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        self.by_prefix: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        self.unspaced: list[tuple[int, str]] = []
+        for index, term in enumerate(terms):
+            term_as_words = term_words(term)
+            if not term_as_words:
+                continue
+            if UNSPACED.search(term):
+                self.unspaced.append((index, "".join(term_as_words)))
+            elif term_as_words[0].endswith("*"):
+                self.by_prefix.setdefault(term_as_words[0][:-1][:2], []).append((index, term_as_words))
+            else:
+                self.by_first.setdefault(term_as_words[0], []).append((index, term_as_words))
+
+    def found(self, tokens: list[str | None], unspaced: str) -> list[str]:
+        """The terms the words match, in policy order; None (an allowed phrase) matches nothing."""
+        hit = {index for index, text in self.unspaced if text in unspaced}
+        for start, token in enumerate(tokens):
+            if not token:
+                continue
+            candidates = itertools.chain(self.by_first.get(token, ()), self.by_prefix.get(token[:2], ()),
+                                         self.by_prefix.get(token[:1], ()))
+            for index, term_as_words in candidates:
+                if index not in hit and _starts_at(tokens, start, term_as_words):
+                    hit.add(index)
+        return [self.terms[index] for index in sorted(hit)]
+
+
+def _starts_at(tokens: list[str | None], start: int, term_as_words: tuple[str, ...]) -> bool:
+    if start + len(term_as_words) > len(tokens):
+        return False
+    for token, word in zip(tokens[start:], term_as_words):
+        if not token or not (token.startswith(word[:-1]) if word.endswith("*") else token == word):
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=256)
-def _any_term(terms: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern]:
-    """Two patterns that match wherever one of the terms does: over the prompt's words joined
-    by spaces, and (scripts without spaces) joined without them."""
-    patterns = [_term_pattern(term) for term in terms]
-    spaced = "|".join(p.pattern for p, without_spaces in patterns if not without_spaces) or "(?!)"
-    unspaced = "|".join(p.pattern for p, without_spaces in patterns if without_spaces) or "(?!)"
-    return re.compile(spaced), re.compile(unspaced)
+def _terms(terms: tuple[str, ...]) -> Terms:
+    return Terms(terms)
 
 
 def without_allowed_phrases(prompt: str, policy: TextSafetyPolicy,
@@ -314,19 +344,10 @@ def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[s
 def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str | None = None) -> dict[str, list[str]]:
     """Matched terms per category. A category with context terms (e.g. minors: a word for a
     child) fires only beside one of them or beside another category's hit."""
-    spaced = " ".join(t if t is not None else "\0" for t in tokens)  # an allowed phrase joins nothing
     unspaced = "".join(t for t in tokens if t is not None)
 
     def matched(terms: list[str]) -> list[str]:
-        any_spaced, any_unspaced = _any_term(tuple(terms))
-        if not (any_spaced.search(spaced) or any_unspaced.search(unspaced)):
-            return []  # most prompts match no term: one search says so
-        found = []
-        for term in terms:
-            pattern, without_spaces = _term_pattern(term)
-            if pattern.search(unspaced if without_spaces else spaced):
-                found.append(term)
-        return found
+        return _terms(tuple(terms)).found(tokens, unspaced)
 
     def terms_of(category) -> list[str]:
         return category.terms + category.language_terms.get(language or "", [])
