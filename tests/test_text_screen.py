@@ -242,3 +242,25 @@ def test_the_classifier_reading_of_a_gloss_fires_no_category_of_names(screen):
     assert verdict.decision == "allow", verdict.reasons
     assert screen.policy.categories["trademarks"].names and screen.policy.categories["public_figures"].names
     assert "trademarks" in screen.screen(["Nike Laufschuhe im Park"])[0].categories  # its rules still read it
+
+
+def test_the_english_encoder_on_onnx_runtime_reads_as_pytorch_does_alone_or_padded(screen):
+    """The English head's encoder is exported to ONNX when it loads: a prompt's embedding is
+    PyTorch's, and the same alone as beside a longer prompt that pads it."""
+    import numpy as np
+    import torch
+
+    encoder = screen.classifier.english.encoder
+    prompts = ["a dog", "a nude woman on a bed, explicit photo",
+               "children playing football in a sunny park near the lake while their parents eat ice cream"]
+    together, alone = encoder.embed(prompts), np.vstack([encoder.embed([p]) for p in prompts])
+    assert np.abs(together - alone).max() < 1e-5
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(encoder.tokenizer.name_or_path, use_safetensors=True).eval()
+    batch = encoder.tokenizer(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    assert np.abs(together - reference).max() < 1e-5

@@ -34,16 +34,49 @@ class ClassifierUnavailable(Exception):
     """The classifier could not be loaded or failed; prompts must not be allowed through."""
 
 
-def mean_pooled(model, tokenizer, prompts: list[str]) -> np.ndarray:
-    """Sentence embeddings as sentence-transformers makes them: mean of token states, L2-normed."""
+def onnx_session(model, tokenizer):
+    """The transformers encoder exported to ONNX in memory and run by ONNX Runtime: the same
+    numbers as PyTorch (largest difference 2e-7 on the labelled prompts) at 1.3 to 2 times the
+    speed on two CPU threads (README, Text safety: throughput). Exported from the sha256-checked
+    weights on every load, so there is no derived file to trust."""
+    import io
+    import warnings
+
+    import onnxruntime
     import torch
 
-    batch = tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    with torch.no_grad():
-        states = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    names = list(tokenizer.model_input_names)  # input_ids, attention_mask and, for BERT, token_type_ids
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(names, inputs))).last_hidden_state
+
+    # traced on a padded batch, so the graph is the general one (the mask applied)
+    example = tokenizer(["an example prompt", "a longer example prompt, padded to the other"], padding=True,
+                        return_tensors="pt")
+    exported = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes read as Python values; checked in tests
+        torch.onnx.export(LastHiddenState().eval(), tuple(example[k] for k in names), exported,
+                          input_names=names, output_names=["last_hidden_state"], opset_version=17,
+                          dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*names, "last_hidden_state")},
+                          dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    return onnxruntime.InferenceSession(exported.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
+def mean_pooled(session, tokenizer, prompts: list[str]) -> np.ndarray:
+    """Sentence embeddings as sentence-transformers makes them: mean of token states, L2-normed."""
+    batch = tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="np")
+    states = session.run(None, {k: batch[k].astype(np.int64) for k in tokenizer.model_input_names})[0]
+    mask = batch["attention_mask"][..., None].astype(np.float32)
+    pooled = (states * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
 class Encoder:
@@ -70,7 +103,8 @@ class Encoder:
         logging.disable_progress_bar()  # a screen's output is its verdicts
         with LOADING:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
+            model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
+            self.session, self.hidden_size = onnx_session(model, self.tokenizer), model.config.hidden_size
 
     def words(self) -> list[str]:
         """Whole words the encoder's tokenizer has: USE's SentencePiece pieces that begin a
@@ -83,10 +117,10 @@ class Encoder:
             return self.use.encode(prompts)
         # in chunks of similar length, so a short prompt is not padded to the longest one's
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        embeddings = np.empty((len(prompts), self.model.config.hidden_size), dtype=np.float32)
+        embeddings = np.empty((len(prompts), self.hidden_size), dtype=np.float32)
         for start in range(0, len(order), CHUNK):
             chosen = order[start:start + CHUNK]
-            embeddings[chosen] = mean_pooled(self.model, self.tokenizer, [prompts[i] for i in chosen])
+            embeddings[chosen] = mean_pooled(self.session, self.tokenizer, [prompts[i] for i in chosen])
         return embeddings
 
 
