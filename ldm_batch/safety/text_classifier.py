@@ -17,6 +17,8 @@ screen needs numpy only (torch is imported for transformers models).
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,21 @@ def onnx_session(model, tokenizer):
     return onnxruntime.InferenceSession(exported.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
+@lru_cache(maxsize=None)
+def _onnx_encoder(path: Path, sha256: str, pid: int):
+    """A transformers encoder's tokenizer, ONNX Runtime session and width: one per process and
+    checked weights, however many screens use it (a session is safe to run from many threads;
+    a forked child, `pid`, makes its own: ONNX Runtime's threads do not survive a fork)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a screen's output is its verdicts
+    with LOADING:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
+        return tokenizer, onnx_session(model, tokenizer), model.config.hidden_size
+
+
 def mean_pooled(session, tokenizer, prompts: list[str]) -> np.ndarray:
     """Sentence embeddings as sentence-transformers makes them: mean of token states, L2-normed."""
     batch = tokenizer(prompts, padding=True, truncation=True, max_length=128, return_tensors="np")
@@ -97,14 +114,7 @@ class Encoder:
             # ops) a second BLAS thread made the screen 1.5x slower batched, 4x one prompt at a time
             self.use = NumpyBackend(str(path / "weights.npz"), UseTokenizer(str(path / "sp.model")), threads=1)
             return
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # a screen's output is its verdicts
-        with LOADING:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path, use_safetensors=True).eval()
-            self.session, self.hidden_size = onnx_session(model, self.tokenizer), model.config.hidden_size
+        self.tokenizer, self.session, self.hidden_size = _onnx_encoder(path, self.sha256, os.getpid())
 
     def words(self) -> list[str]:
         """Whole words the encoder's tokenizer has: USE's SentencePiece pieces that begin a
