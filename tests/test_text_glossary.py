@@ -42,6 +42,16 @@ def test_a_word_only_the_english_terms_know_is_caught_in_the_gloss(screen, promp
     assert any(r.startswith("English gloss, word by word:") for r in verdict.reasons)
 
 
+def test_a_gloss_keeps_content_words_that_only_one_stop_word_list_calls_function_words(screen):
+    """stopwordsiso lists German "Mann" and "tritt" (man, kick) among its function words; a
+    gloss leaves out only the words both lists agree on ("ein", "bis", "sich")."""
+    verdict = screen.screen(["ein Mann tritt einen Welpen, bis er sich nicht mehr bewegt"])[0]
+    assert verdict.language == "de"
+    words = verdict.gloss.split()
+    assert {"man", "kick", "puppies"} <= set(words), verdict.gloss
+    assert not {"a", "one", "until", "oneself"} & set(words), verdict.gloss
+
+
 def test_japanese_is_read_by_its_longest_dictionary_words(screen):
     assert screen.glossary.gloss(["散弾銃を持つ男が立っている"], "ja").startswith("shotgun hold take man")
 

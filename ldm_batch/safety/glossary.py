@@ -12,8 +12,8 @@ terms and training prompts miss (README, Text safety).
 Dictionaries: FreeDict's LANG-English dictionaries in dictd format, as Debian's
 `dict-freedict-LANG-eng` packages install them (/usr/share/dictd; GPL-2+/GPL-3+, Polish
 CC-BY-SA-3.0), each pinned by sha256 in policies/text_safety.yaml. Lemmas from simplemma,
-function words from stopwordsiso. Japanese has no spaces: it is read by the longest dictionary
-headword at each position. Where the policy has an Apertium pair for the language
+function words where stopwordsiso and stop-words agree. Japanese has no spaces: it is read by
+the longest dictionary headword at each position. Where the policy has an Apertium pair for the language
 (ldm_batch.safety.translation), `Glossary.glosses` reads the prompt as its translation instead,
 with the dictionary for the words the translation does not know.
 """
@@ -225,10 +225,18 @@ class Glossary:
 
 @lru_cache(maxsize=None)
 def _function_words(language: str) -> frozenset[str]:
-    """stopwordsiso's words of the language (it copies its set on every call)."""
+    """Words that stopwordsiso and stop-words both list for the language. stopwordsiso alone,
+    a union of many lists, has content words a gloss must keep (German "mann", "tritt":
+    man, kick; "mensch", "macht"); stop-words alone has others (English "man")."""
+    import stop_words
     import stopwordsiso
 
-    return frozenset(stopwordsiso.stopwords(language))
+    both = set(stopwordsiso.stopwords(language))
+    try:
+        both &= set(stop_words.get_stop_words(language))
+    except stop_words.StopWordError:
+        pass  # a language stop-words lacks: stopwordsiso's list alone
+    return frozenset(both)
 
 
 def _japanese_senses(text: str, dictionary: Dictionary) -> tuple[list[str], int]:
