@@ -67,6 +67,13 @@ class Parts:
             return cls._cache[key]
 
     @classmethod
+    def drop_all(cls) -> None:
+        """Forget every loaded set: their models go once nothing else holds them. For a process
+        done with its settings values (the tests, after each module)."""
+        with cls._lock:
+            cls._cache.clear()
+
+    @classmethod
     def model_loads(cls) -> dict[str, int]:
         """What this process loaded from disk, over all sets: the generators' "model:ID" and
         "lora:ID", and "text-screen" and "image-screen"."""

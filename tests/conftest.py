@@ -43,6 +43,20 @@ def _free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _loaded_models_dropped_after_each_module():
+    """A process keeps the models of every settings value it has run with (Parts, one set
+    each, 0.3-0.5 GB); the tests make dozens, and a full run's process grew past 19 GB of the
+    machine's 24 before each module's sets were dropped after it."""
+    yield
+    import gc
+
+    from ldm_batch.parts import Parts
+
+    Parts.drop_all()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server with enforced credentials, for the whole session."""
