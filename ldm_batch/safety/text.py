@@ -79,15 +79,16 @@ class PromptVerdict(BaseModel):
             "reasons": self.reasons + [f"negative prompt: {r}" for r in negative.reasons]})
 
 
-def words(text: str) -> list[str]:
+def words(text: str, alternatives: bool = True) -> list[str]:
     """Normalised words: NFKC, case-folded, accents folded, leetspeak undone ("n@k3d", "$h0t"),
     spaced-out letters joined ("n u d e", "n.u.d.e"; two spaces or more end a spaced word), a
     hashtag's CamelCase words split ("#NakedWoman"), a model number split from its letters
-    ("AK47": ak 47). What another reading gives is added at the end: a short hashtag whole,
-    two short parts of a hashtag joined ("#NuDe"), the parts of a CamelCase name
-    ("McDonald's": mcdonald s ... mc donald), a spaced word without a first "a" or "i" (the
-    article of "a n u d e"). A letter hidden behind a mask character stays in
-    its word ("p*rn") for `screening_words`."""
+    ("AK47": ak 47). With `alternatives`, what another reading gives is added at the end, for
+    the rules: a short hashtag whole, two short parts of a hashtag joined ("#NuDe"), the parts
+    of a CamelCase name ("McDonald's": mcdonald s ... mc donald), a spaced word without a first
+    "a" or "i" (the article of "a n u d e"), letters and a number as leetspeak ("junk13":
+    junkie). A letter hidden behind a mask character stays in its word ("p*rn") for
+    `screening_words`."""
     text = fold_accents(unicodedata.normalize("NFKC", text))
     tokens: list[tuple[str, bool]] = []  # (word, may continue a run of spaced-out letters)
     also: list[str] = []
@@ -104,6 +105,8 @@ def words(text: str) -> list[str]:
             continue
         tokens += [(w, len(gap) <= 3 and "  " not in gap) for w in _folded(raw)]
         also += [w for part in parts for w in _folded(part)]
+        if MODEL_NUMBER.fullmatch(raw) and (leet := raw.casefold().translate(LEET)).isalpha():
+            also.append(leet)
     joined: list[str] = []
     run: list[str] = []
     for token, continues in tokens + [("", False)]:
@@ -116,7 +119,7 @@ def words(text: str) -> list[str]:
         run = [token] if len(token) == 1 and token.isalpha() else []
         if token and not run:
             joined.append(token)
-    return joined + list(dict.fromkeys(also))
+    return joined + list(dict.fromkeys(also)) if alternatives else joined
 
 
 def _folded(raw: str) -> list[str]:
@@ -187,14 +190,15 @@ class Spellings:
 NO_SPELLINGS = Spellings()
 
 
-def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = NO_SPELLINGS) -> list[str]:
+def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = NO_SPELLINGS,
+                    alternatives: bool = True) -> list[str]:
     """The prompt's words, a stretched or masked word read as the policy word it spells
     ("nuuuude", "n*de": nude), else as the commonest word of `spellings` it spells ("sh*wing":
     showing), else with its stretched letters once and split at its masks. A word with more
     masks than letters is never read as a word."""
     found = []
     vocabulary = None
-    for word in words(prompt):
+    for word in words(prompt, alternatives):
         if not any(c in MASKS for c in word) and not STRETCHED.search(word):
             found.append(word)
             continue
@@ -413,18 +417,22 @@ class TextScreen:
             rules = [r.model_copy(update={"categories": {**r.categories, **self.policy.negative_prompt_categories}})
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
-        read = [screening_words(text, self.policy, self.spellings) for text, _ in normalised]
+        # the rules read every reading of a word (`words`' alternatives: "#NuDe" also as nude);
+        # the language, the translation and the classifier read the prompt's own words only
+        masked = [allowed_phrases_masked(screening_words(text, self.policy, self.spellings), self.policy)
+                  for text, _ in normalised]
+        read = [screening_words(text, self.policy, self.spellings, alternatives=False) for text, _ in normalised]
         written = [written_words(text) for text, _ in normalised]
         identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
-        masked = [allowed_phrases_masked(words, self.policy) for words in read]
-        glosses = self._glosses(masked, written, [language for language, _ in identified])
+        plain = [allowed_phrases_masked(words, self.policy) for words in read]
+        glosses = self._glosses(plain, written, [language for language, _ in identified])
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:
             glossed = [i for i, g in enumerate(glosses) if isinstance(g, Gloss)]
             try:
-                as_read = [" ".join(w for w in m if w) for m in masked]
+                as_read = [" ".join(w for w in m if w) for m in plain]
                 texts = as_read + [glosses[i] for i in glossed]
                 # each text's English reading: the prompt itself, or its gloss, trusted as far
                 # as the gloss translated the prompt
