@@ -19,6 +19,7 @@ Each step is the CLI command the README lists, so an operator can run them by ha
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,12 +80,20 @@ def prefect_server(state: Path, port: int, services: bool = True, timeout: float
     env.pop("PREFECT_API_URL", None)
     command = ["server", "start", "--host", "127.0.0.1", "--port", str(port)] + ([] if services else ["--no-services"])
     with open(state / "server.log", "ab") as log:
-        process = subprocess.Popen(prefect_command(*command), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(_ended_with_this_process(prefect_command(*command)), env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield PrefectServer(f"http://127.0.0.1:{port}/api", process, state / "server.log", timeout)
     finally:
         _stop(process)
+
+
+def _ended_with_this_process(command: list[str]) -> list[str]:
+    """The command, on Linux run through util-linux's `setpriv --pdeathsig TERM`: the kernel
+    sends it SIGTERM when the thread that started it ends, so a server never outlives its
+    `ldm-batch` process, even one killed with SIGKILL (whose `finally` never runs)."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 def _wait_healthy(api: str, process: subprocess.Popen, log: Path, timeout: float) -> None:

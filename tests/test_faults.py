@@ -91,6 +91,31 @@ def test_database_outage_mid_run_delivers_nothing_unaudited(prefect_harness, set
     assert cli("audit", "verify", "--objects").exit_code == 0
 
 
+def test_a_killed_run_leaves_no_prefect_server_behind(tmp_path):
+    """`ldm-batch run` starts a Prefect server of its own; killed with SIGKILL, the run cannot
+    stop it, so the kernel does (Linux: setpriv --pdeathsig). It used to live on, one more per
+    killed run."""
+    script = ("import os, signal, sys; from pathlib import Path; from ldm_batch.serve import prefect_server, free_port\n"
+              "with prefect_server(Path(sys.argv[1]), free_port(), services=False) as server:\n"
+              "    server.ready(); print(server.process.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "prefect")], capture_output=True, text=True,
+                         timeout=180)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    server = int(run.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server), f"the Prefect server {server} outlived its killed parent"
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (reaped by init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_killed_worker_resumes_without_duplicates(prefect_harness, settings, tmp_path):
     sheet = tmp_path / "long.csv"
     sheet.write_text("asset_id,prompt,variants,seed\n"
