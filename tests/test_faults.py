@@ -95,7 +95,8 @@ def test_a_killed_run_leaves_no_prefect_server_behind(tmp_path):
     """`ldm-batch run` starts a Prefect server of its own; killed with SIGKILL, the run cannot
     stop it, so the kernel does (Linux: setpriv --pdeathsig). It used to live on, one more per
     killed run."""
-    script = ("import os, signal, sys; from pathlib import Path; from ldm_batch.serve import prefect_server, free_port\n"
+    script = ("import os, signal, sys; from pathlib import Path\n"
+              "from ldm_batch.serve import prefect_server, free_port\n"
               "with prefect_server(Path(sys.argv[1]), free_port(), services=False) as server:\n"
               "    server.ready(); print(server.process.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
     run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "prefect")], capture_output=True, text=True,

@@ -13,9 +13,9 @@ Dictionaries: FreeDict's LANG-English dictionaries in dictd format, as Debian's
 `dict-freedict-LANG-eng` packages install them (/usr/share/dictd; GPL-2+/GPL-3+, Polish
 CC-BY-SA-3.0), each pinned by sha256 in policies/text_safety.yaml. Lemmas from simplemma,
 function words where stopwordsiso and stop-words agree. Japanese has no spaces: it is read by
-the longest dictionary headword at each position. Where the policy has an Apertium pair for the language
-(ldm_batch.safety.translation), `Glossary.glosses` reads the prompt as its translation instead,
-with the dictionary for the words the translation does not know.
+the longest dictionary headword at each position. Where the policy has an Apertium pair for
+the language (ldm_batch.safety.translation), `Glossary.glosses` reads the prompt as its
+translation instead, with the dictionary for the words the translation does not know.
 """
 
 from __future__ import annotations

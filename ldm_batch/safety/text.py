@@ -254,8 +254,8 @@ def term_words(term: str) -> tuple[str, ...]:
 class Terms:
     """A category's terms, indexed for matching a prompt's words one by one: a term by its
     first word, a term whose first word is a prefix ("zwłok*") by the prefix's first two
-    letters (its one letter, if it has only one); a term in a script written without spaces (Japanese) matches anywhere in the
-    words joined without them."""
+    letters (its one letter, if it has only one); a term in a script written without spaces
+    (Japanese) matches anywhere in the words joined without them."""
 
     def __init__(self, terms: tuple[str, ...]):
         self.terms = terms
