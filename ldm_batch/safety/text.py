@@ -79,16 +79,21 @@ class PromptVerdict(BaseModel):
             "reasons": self.reasons + [f"negative prompt: {r}" for r in negative.reasons]})
 
 
-def words(text: str, alternatives: bool = True) -> list[str]:
+def words(text: str) -> list[str]:
+    """The prompt's words, then the other readings of its words (`readings`)."""
+    own, other = readings(text)
+    return own + other
+
+
+def readings(text: str) -> tuple[list[str], list[str]]:
     """Normalised words: NFKC, case-folded, accents folded, leetspeak undone ("n@k3d", "$h0t"),
     spaced-out letters joined ("n u d e", "n.u.d.e"; two spaces or more end a spaced word), a
     hashtag's CamelCase words split ("#NakedWoman"), a model number split from its letters
-    ("AK47": ak 47). With `alternatives`, what another reading gives is added at the end, for
-    the rules: a short hashtag whole, two short parts of a hashtag joined ("#NuDe"), the parts
-    of a CamelCase name ("McDonald's": mcdonald s ... mc donald), a spaced word without a first
-    "a" or "i" (the article of "a n u d e"), letters and a number as leetspeak ("junk13":
-    junkie). A letter hidden behind a mask character stays in its word ("p*rn") for
-    `screening_words`."""
+    ("AK47": ak 47). Second, what other readings give, for the rules: a short hashtag whole,
+    two short parts of a hashtag joined ("#NuDe"), the parts of a CamelCase name
+    ("McDonald's": mcdonald s ... mc donald), a spaced word without a first "a" or "i" (the
+    article of "a n u d e"), letters and a number as leetspeak ("junk13": junkie). A letter
+    hidden behind a mask character stays in its word ("p*rn") for `screening_words`."""
     text = fold_accents(unicodedata.normalize("NFKC", text))
     tokens: list[tuple[str, bool]] = []  # (word, may continue a run of spaced-out letters)
     also: list[str] = []
@@ -119,7 +124,7 @@ def words(text: str, alternatives: bool = True) -> list[str]:
         run = [token] if len(token) == 1 and token.isalpha() else []
         if token and not run:
             joined.append(token)
-    return joined + list(dict.fromkeys(also)) if alternatives else joined
+    return joined, list(dict.fromkeys(also))
 
 
 def _folded(raw: str) -> list[str]:
@@ -190,15 +195,19 @@ class Spellings:
 NO_SPELLINGS = Spellings()
 
 
-def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = NO_SPELLINGS,
-                    alternatives: bool = True) -> list[str]:
-    """The prompt's words, a stretched or masked word read as the policy word it spells
-    ("nuuuude", "n*de": nude), else as the commonest word of `spellings` it spells ("sh*wing":
-    showing), else with its stretched letters once and split at its masks. A word with more
-    masks than letters is never read as a word."""
+def screening_words(prompt: str, policy: TextSafetyPolicy, spellings: Spellings = NO_SPELLINGS) -> list[str]:
+    """The prompt's words (`words`), as `spelled_out` reads them."""
+    return spelled_out(words(prompt), policy, spellings)
+
+
+def spelled_out(prompt_words: list[str], policy: TextSafetyPolicy, spellings: Spellings = NO_SPELLINGS) -> list[str]:
+    """The words, a stretched or masked word read as the policy word it spells ("nuuuude",
+    "n*de": nude), else as the commonest word of `spellings` it spells ("sh*wing": showing),
+    else with its stretched letters once and split at its masks. A word with more masks than
+    letters is never read as a word."""
     found = []
     vocabulary = None
-    for word in words(prompt, alternatives):
+    for word in prompt_words:
         if not any(c in MASKS for c in word) and not STRETCHED.search(word):
             found.append(word)
             continue
@@ -417,11 +426,12 @@ class TextScreen:
             rules = [r.model_copy(update={"categories": {**r.categories, **self.policy.negative_prompt_categories}})
                      for r in rules]
         normalised = [normalise(p) for p in prompts]
-        # the rules read every reading of a word (`words`' alternatives: "#NuDe" also as nude);
+        # the rules read every reading of a word (`readings`' others: "#NuDe" also as nude);
         # the language, the translation and the classifier read the prompt's own words only
-        masked = [allowed_phrases_masked(screening_words(text, self.policy, self.spellings), self.policy)
-                  for text, _ in normalised]
-        read = [screening_words(text, self.policy, self.spellings, alternatives=False) for text, _ in normalised]
+        own_and_other = [readings(text) for text, _ in normalised]
+        read = [spelled_out(own, self.policy, self.spellings) for own, _ in own_and_other]
+        masked = [allowed_phrases_masked(words + spelled_out(other, self.policy, self.spellings), self.policy)
+                  for words, (_, other) in zip(read, own_and_other)]
         written = [written_words(text) for text, _ in normalised]
         identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
         plain = [allowed_phrases_masked(words, self.policy) for words in read]
