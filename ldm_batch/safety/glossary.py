@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ldm_batch.safety.language import fold_accents
-from ldm_batch.safety.translation import UNKNOWN_MARK, TranslationUnavailable, Translator
+from ldm_batch.safety.translation import UNKNOWN_MARK, TranslationUnavailable, Translator, pins_id
 
 DICTIONARY_CODES = {"de": "deu", "fr": "fra", "es": "spa", "it": "ita", "pt": "por", "nl": "nld", "pl": "pol",
                     "ja": "jpn"}
@@ -134,7 +134,7 @@ class Glossary:
 
     def __init__(self, folder: Path, pins: dict[str, str], translator: Translator | None = None):
         self.folder, self.pins, self.translator = folder, pins, translator
-        self.id = hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+        self.id = pins_id(pins)
         if translator is not None:
             self.id += f"+mt@{translator.id}"
         self._dictionaries: dict[str, Dictionary | GlossaryUnavailable] = {}

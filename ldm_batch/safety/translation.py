@@ -35,6 +35,11 @@ class TranslationUnavailable(Exception):
     """Apertium, or a pair's data, is missing or not the pinned one."""
 
 
+def pins_id(pins: dict[str, str]) -> str:
+    """A short id of a set of sha256 pins (name -> digest), for the screen id: it changes when any pin does."""
+    return hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+
+
 @lru_cache(maxsize=None)
 def pair_digest(folder: Path) -> str:
     """sha256 of a pair's installed data: every file under its folder, by name and content."""
@@ -50,7 +55,7 @@ class Translator:
 
     def __init__(self, folder: Path, chains: dict[str, list[str]], pins: dict[str, str]):
         self.folder, self.chains, self.pins = folder, chains, pins
-        self.id = hashlib.sha256("".join(f"{k}{v}" for k, v in sorted(pins.items())).encode()).hexdigest()[:12]
+        self.id = pins_id(pins)
         self._commands: dict[str, str] = {}
 
     def covers(self, language: str) -> bool:
