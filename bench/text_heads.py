@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/text_heads.py [--english-encoder DIR]
 
-Each variant is trained as `ldm_batch.safety.train_text_head` trains the shipped heads, its
+Each variant is trained as `ldm_batch.safety.train_text_head` trains the shipped heads (on
+what the screen's classifier reads, with the policy's categories, the any-of one included), its
 thresholds chosen out of fold on the train split (`per_category_thresholds`: safe false
 positives <= 0.05 in English and in the other languages), then read on the held-out split
 with those thresholds. The variants:
@@ -33,7 +34,8 @@ from ldm_batch.policies import load_policies
 from ldm_batch.safety.text import TextScreen
 from ldm_batch.safety.text_classifier import Encoder, weighed_mean
 from ldm_batch.safety.text_eval import load_labelled
-from ldm_batch.safety.train_text_head import _flagged, _probabilities, per_category_thresholds, train_head
+from ldm_batch.safety.train_text_head import (_flagged, _probabilities, label_targets, per_category_thresholds,
+                                               train_head)
 
 
 def readings(policies, frame, encoder: Encoder, english) -> dict:
@@ -42,13 +44,13 @@ def readings(policies, frame, encoder: Encoder, english) -> dict:
         update={"classifier": None})}), REPO_POLICIES)
     prompts = frame["prompt"].tolist()
     rules = screen.screen(prompts)
-    in_english = [v.gloss or p for v, p in zip(rules, prompts)]
-    categories = list(policies.text_safety.categories)
-    return {"written": torch.from_numpy(encoder.embed(prompts)), "read": torch.from_numpy(encoder.embed(in_english)),
+    as_read = screen.classifier_texts(prompts)
+    in_english = [v.gloss or t for v, t in zip(rules, as_read)]
+    return {"written": torch.from_numpy(encoder.embed(as_read)), "read": torch.from_numpy(encoder.embed(in_english)),
             "english": english(in_english), "rules": torch.tensor([v.categories != [] for v in rules]),
             "glossed": torch.tensor([v.gloss is not None for v in rules]),
             "trust": torch.tensor([1.0 if v.gloss_translated is None else v.gloss_translated for v in rules]),
-            "targets": torch.tensor([[float(label == c) for c in categories] for label in frame["label"]]),
+            "targets": label_targets(frame["label"], policies.text_safety.categories),
             "languages": frame["language"].tolist(), "units": [c or p for c, p in zip(frame["concept"], prompts)]}
 
 

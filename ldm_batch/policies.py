@@ -43,13 +43,22 @@ class TextCategory(Strict):
     names: bool = Field(False, description="a category of names (people, brands): the classifier's reading of "
                                            "an English gloss does not fire it, as a gloss translates words, "
                                            "not names (its rules still read the gloss)")
+    any_of: list[str] = Field([], description="not a kind of content of its own: the classifier's probability "
+                                            "that the prompt is in any of these categories (its head is "
+                                            "trained on all their labels), for a prompt whose unsafety is "
+                                            "split between them, none sure enough to fire")
+
+    @property
+    def any_category(self) -> bool:
+        return bool(self.any_of)
 
     @property
     def fired_by_gloss_classifier(self) -> bool:
         """Whether the classifier's reading of an English gloss may fire this category: not one
         that needs context (a crude gloss of a child's picture reads too much like one), not
-        one of names (a gloss translates words, not names). Its rules still read the gloss."""
-        return not self.context_terms and not self.names
+        one of names (a gloss translates words, not names), not the any-category one (it reads
+        every category's signals, those two included). Its rules still read the gloss."""
+        return not self.context_terms and not self.names and not self.any_category
 
 
 class EmbeddingHeadSpec(Strict):

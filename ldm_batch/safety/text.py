@@ -354,13 +354,18 @@ def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[s
     return tokens
 
 
+def joined(tokens: list[str | None]) -> str:
+    """The words left after masking, as one text."""
+    return " ".join(t for t in tokens if t)
+
+
 def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str | None = None) -> dict[str, list[str]]:
     """Matched terms per category. A category with context terms (e.g. minors: a word for a
     child) fires only beside one of them or beside another category's hit."""
     unspaced = "".join(t for t in tokens if t is not None)
 
     def matched(terms: list[str]) -> list[str]:
-        return _terms(tuple(terms)).found(tokens, unspaced)
+        return _terms(tuple(terms)).found(tokens, unspaced) if terms else []
 
     def terms_of(category) -> list[str]:
         return category.terms + category.language_terms.get(language or "", [])
@@ -422,9 +427,10 @@ class TextScreen:
         """Verdicts in prompt order; `brands[i]` adds that brand's rules to prompt i; `negative`:
         these are negative prompts (their own categories apply too)."""
         rules = [self.brand_policies.get(b, self.policy) for b in (brands or [None] * len(prompts))]
-        if negative:
-            rules = [r.model_copy(update={"categories": {**r.categories, **self.policy.negative_prompt_categories}})
-                     for r in rules]
+        if negative:  # not the any-category one: it reads scenes, and a list of things to avoid is none
+            rules = [r.model_copy(update={"categories": {
+                **{name: c for name, c in r.categories.items() if not c.any_category},
+                **self.policy.negative_prompt_categories}}) for r in rules]
         normalised = [normalise(p) for p in prompts]
         # the rules read every reading of a word (`readings`' others: "#NuDe" also as nude);
         # the language, the translation and the classifier read the prompt's own words only
@@ -442,7 +448,7 @@ class TextScreen:
         if self.classifier is not None and prompts:
             glossed = [i for i, g in enumerate(glosses) if isinstance(g, Gloss)]
             try:
-                as_read = [" ".join(w for w in m if w) for m in plain]
+                as_read = [joined(m) for m in plain]
                 texts = as_read + [glosses[i] for i in glossed]
                 # each text's English reading: the prompt itself, or its gloss, trusted as far
                 # as the gloss translated the prompt
@@ -459,6 +465,13 @@ class TextScreen:
                     in zip(prompts, masked, classifier_scores, rules, identified, glosses, gloss_scores)]
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
+
+    def classifier_texts(self, prompts: list[str]) -> list[str]:
+        """What the classifier reads of each prompt as written, as `screen` makes it: the prompt's
+        own words as the rules read them (folded, leetspeak and spacing undone), allowed phrases
+        left out. `train_text_head` embeds these, so the heads learn from what they will read."""
+        return [joined(allowed_phrases_masked(spelled_out(readings(normalise(p)[0])[0], self.policy, self.spellings),
+                                              self.policy)) for p in prompts]
 
     def _glosses(self, masked: list[list[str | None]], written: list[dict[str, str]],
                  languages: list[str]) -> list[Gloss | GlossaryUnavailable | None]:
@@ -537,6 +550,11 @@ class TextScreen:
             if why:
                 fired.append(name)
                 reasons.append(f"{name} ({category.action}): {'; '.join(why)}")
+        for i, name in enumerate(fired):  # the any-category one says which categories it read most of
+            if policy.categories[name].any_category:
+                likeliest = sorted(((p, c) for c, p in scores.items() if c in policy.categories[name].any_of),
+                                   reverse=True)[:2]
+                reasons[i] += "; likeliest " + ", ".join(f"{c} {p:.2f}" for p, c in likeliest)
         if gloss_fired and gloss.word_by_word is not None:
             reasons.append(f"English translation (Apertium): {str(gloss)!r}; word by word: {gloss.word_by_word!r}")
         elif gloss_fired:

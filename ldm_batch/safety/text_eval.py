@@ -45,9 +45,9 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
     verdicts = screen.screen(frame["prompt"].tolist())
     labels = frame["label"].tolist()
     per_category = {}
-    for category in screen.policy.categories:
+    for category, spec in screen.policy.categories.items():
         predicted = [category in v.categories for v in verdicts]
-        actual = [label == category for label in labels]
+        actual = [label == category or label in spec.any_of for label in labels]
         tp = sum(p and a for p, a in zip(predicted, actual))
         fp = sum(p and not a for p, a in zip(predicted, actual))
         positives, negatives = sum(actual), len(actual) - sum(actual)

@@ -2,10 +2,12 @@
 
 One logistic regression per policy category over a sentence encoder's embeddings, trained
 on the train split of policies/text_safety_labelled.csv (safe prompts are negatives for
-every category). The multilingual head reads the prompts as written; the English head (when
-the policy names one) reads their English readings: the prompt itself when it is English,
-else its word-by-word gloss (weighed, in the screen, by the share of the prompt the gloss
-translated). Writes the heads named in policies/text_safety.yaml.
+every category; a prompt of any category an any-of category names is a positive for it). Each head reads
+what it will read in the screen (`TextScreen.classifier_texts`: the prompt's words as the
+rules fold them, allowed phrases left out): the multilingual head the prompt, the English
+head (when the policy names one) its English reading: the prompt itself when it is English,
+else its translation or word-by-word gloss (weighed, in the screen, by the share of the
+prompt it translated). Writes the heads named in policies/text_safety.yaml.
 
 Before writing, it prints out-of-fold figures on the train split (rules + classifier, as the
 screen decides) with the policy's thresholds shifted by -0.25 to +0.15, and a threshold per
@@ -24,7 +26,7 @@ from safetensors.torch import save_file
 
 from ldm_batch.catalog import weights_sha256
 from ldm_batch.config import REPO_POLICIES
-from ldm_batch.policies import Policies, load_policies
+from ldm_batch.policies import Policies, TextCategory, load_policies
 from ldm_batch.safety.text import TextScreen
 from ldm_batch.safety.text_classifier import Encoder, weighed_mean
 from ldm_batch.safety.text_eval import load_labelled
@@ -47,6 +49,13 @@ def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600
         loss.backward()
         optimizer.step()
     return linear.weight.detach().contiguous(), linear.bias.detach().contiguous(), loss.item()
+
+
+def label_targets(labels, categories: dict[str, TextCategory]) -> torch.Tensor:
+    """Per prompt, a 0/1 target per category: 1 for its label's category, and 1 for an
+    any-of category (`any_of`) when its label is one of that category's."""
+    return torch.tensor([[float(label == name or label in category.any_of) for name, category in categories.items()]
+                         for label in labels])
 
 
 def _probabilities(head, embeddings: torch.Tensor) -> torch.Tensor:
@@ -155,17 +164,19 @@ def main(argv: list[str] | None = None) -> None:
     train = frame[frame["split"] == "train"]
     prompts = train["prompt"].tolist()
     # the rules' verdicts and the glosses, from the screen without its classifier
-    rules = TextScreen(policies.model_copy(update={"text_safety": policies.text_safety.model_copy(
-        update={"classifier": None})}), args.policies).screen(prompts)
+    screen = TextScreen(policies.model_copy(update={"text_safety": policies.text_safety.model_copy(
+        update={"classifier": None})}), args.policies)
+    rules = screen.screen(prompts)
+    as_read = screen.classifier_texts(prompts)  # what the screen's classifier reads of them
     glosses = [v.gloss for v in rules]
-    in_english = [g or p for g, p in zip(glosses, prompts)]  # the gloss, or the English prompt itself
+    in_english = [g or t for g, t in zip(glosses, as_read)]  # the gloss, or the English prompt itself
     encoder = Encoder(policies, spec.encoder)
-    inputs = {"multilingual": torch.from_numpy(encoder.embed(prompts)),
+    inputs = {"multilingual": torch.from_numpy(encoder.embed(as_read)),
               "gloss": torch.from_numpy(encoder.embed(in_english))}
     english_encoder = Encoder(policies, spec.english.encoder) if spec.english else None
     if english_encoder is not None:
         inputs["english"] = torch.from_numpy(english_encoder.embed(in_english))
-    targets = torch.tensor([[float(label == c) for c in categories] for label in train["label"]])
+    targets = label_targets(train["label"], policies.text_safety.categories)
     languages = train["language"] if "language" in train.columns else ["en"] * len(train)
     concepts = train["concept"] if "concept" in train.columns else [""] * len(train)
     cross_validate(inputs, targets, policies, torch.tensor([v.categories != [] for v in rules]),
