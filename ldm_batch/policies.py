@@ -46,7 +46,8 @@ class TextCategory(Strict):
     any_of: list[str] = Field([], description="not a kind of content of its own: the classifier's probability "
                                             "that the prompt is in any of these categories (its head is "
                                             "trained on all their labels), for a prompt whose unsafety is "
-                                            "split between them, none sure enough to fire")
+                                            "split between them, none sure enough to fire (it fires only where "
+                                            "they are all silent)")
 
     @property
     def any_category(self) -> bool:

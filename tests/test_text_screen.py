@@ -92,7 +92,7 @@ def test_a_prompt_unsafe_in_no_one_category_is_held_by_the_any_of_category(scree
 
 def test_the_any_of_category_reads_prompts_not_negative_prompts(policies):
     """A negative prompt is a list of things to avoid, not a scene: the any-of category does not
-    read it (the categories and rules still do)."""
+    read it (the categories and rules still do). Beside one of its own categories it is silent."""
     text_safety = policies.text_safety
     eager = text_safety.categories["unsafe"].model_copy(update={"threshold": 0.001})
     screen = TextScreen(policies.model_copy(update={"text_safety": text_safety.model_copy(
@@ -102,6 +102,8 @@ def test_the_any_of_category_reads_prompts_not_negative_prompts(policies):
     assert as_prompt.decision == "review" and as_prompt.categories == ["unsafe"]
     assert as_negative.decision == "allow", as_negative.reasons
     assert screen.screen(["a graphic photo of a bloody corpse"], negative=True)[0].decision == "block"
+    # where one of its categories fires, it stays silent: the record names what fired
+    assert screen.screen(["a graphic photo of a bloody corpse"])[0].categories == ["violence"]
 
 
 def test_the_any_of_category_is_trained_on_every_label_it_names(policies):

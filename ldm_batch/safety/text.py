@@ -550,10 +550,12 @@ class TextScreen:
             if why:
                 fired.append(name)
                 reasons.append(f"{name} ({category.action}): {'; '.join(why)}")
-        for i, name in enumerate(fired):  # the any-category one says which categories it read most of
-            if policy.categories[name].any_category:
-                likeliest = sorted(((p, c) for c, p in scores.items() if c in policy.categories[name].any_of),
-                                   reverse=True)[:2]
+        for i, name in reversed(list(enumerate(fired))):  # an any-of category speaks only where its own are silent
+            any_of = policy.categories[name].any_of
+            if any_of and set(any_of) & set(fired):
+                del fired[i], reasons[i]
+            elif any_of:
+                likeliest = sorted(((p, c) for c, p in scores.items() if c in any_of), reverse=True)[:2]
                 reasons[i] += "; likeliest " + ", ".join(f"{c} {p:.2f}" for p, c in likeliest)
         if gloss_fired and gloss.word_by_word is not None:
             reasons.append(f"English translation (Apertium): {str(gloss)!r}; word by word: {gloss.word_by_word!r}")
