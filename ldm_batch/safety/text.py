@@ -427,7 +427,7 @@ class TextScreen:
         """Verdicts in prompt order; `brands[i]` adds that brand's rules to prompt i; `negative`:
         these are negative prompts (their own categories apply too)."""
         rules = [self.brand_policies.get(b, self.policy) for b in (brands or [None] * len(prompts))]
-        if negative:  # not the any-category one: it reads scenes, and a list of things to avoid is none
+        if negative:  # not an any-of category: it reads scenes, and a list of things to avoid is none
             rules = [r.model_copy(update={"categories": {
                 **{name: c for name, c in r.categories.items() if not c.any_category},
                 **self.policy.negative_prompt_categories}}) for r in rules]

@@ -2,12 +2,12 @@
 
 One logistic regression per policy category over a sentence encoder's embeddings, trained
 on the train split of policies/text_safety_labelled.csv (safe prompts are negatives for
-every category; a prompt of any category an any-of category names is a positive for it). Each head reads
-what it will read in the screen (`TextScreen.classifier_texts`: the prompt's words as the
-rules fold them, allowed phrases left out): the multilingual head the prompt, the English
-head (when the policy names one) its English reading: the prompt itself when it is English,
-else its translation or word-by-word gloss (weighed, in the screen, by the share of the
-prompt it translated). Writes the heads named in policies/text_safety.yaml.
+every category; an any-of category's positives are the prompts of all its categories). Each
+head reads what it will read in the screen (`TextScreen.classifier_texts`: the prompt's words
+as the rules fold them, allowed phrases left out): the multilingual head the prompt, the
+English head (when the policy names one) its English reading: the prompt itself when it is
+English, else its translation or word-by-word gloss (weighed, in the screen, by the share of
+the prompt it translated). Writes the heads named in policies/text_safety.yaml.
 
 Before writing, it prints out-of-fold figures on the train split (rules + classifier, as the
 screen decides) with the policy's thresholds shifted by -0.25 to +0.15, and a threshold per
