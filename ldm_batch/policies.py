@@ -50,17 +50,12 @@ class TextCategory(Strict):
                                             "they are all silent)")
 
     @property
-    def any_category(self) -> bool:
-        """Whether this is an any-of category (`any_of`)."""
-        return bool(self.any_of)
-
-    @property
     def fired_by_gloss_classifier(self) -> bool:
         """Whether the classifier's reading of an English gloss may fire this category: not one
         that needs context (a crude gloss of a child's picture reads too much like one), not
         one of names (a gloss translates words, not names), not an any-of one (a crude gloss
         reads too much like its categories, minors among them). Its rules still read the gloss."""
-        return not self.context_terms and not self.names and not self.any_category
+        return not self.context_terms and not self.names and not self.any_of
 
 
 class EmbeddingHeadSpec(Strict):

@@ -429,18 +429,16 @@ class TextScreen:
         rules = [self.brand_policies.get(b, self.policy) for b in (brands or [None] * len(prompts))]
         if negative:  # not an any-of category: it reads scenes, and a list of things to avoid is none
             rules = [r.model_copy(update={"categories": {
-                **{name: c for name, c in r.categories.items() if not c.any_category},
+                **{name: c for name, c in r.categories.items() if not c.any_of},
                 **self.policy.negative_prompt_categories}}) for r in rules]
         normalised = [normalise(p) for p in prompts]
         # the rules read every reading of a word (`readings`' others: "#NuDe" also as nude);
         # the language, the translation and the classifier read the prompt's own words only
-        own_and_other = [readings(text) for text, _ in normalised]
-        read = [spelled_out(own, self.policy, self.spellings) for own, _ in own_and_other]
+        others, read, plain = self._read([text for text, _ in normalised])
         masked = [allowed_phrases_masked(words + spelled_out(other, self.policy, self.spellings), self.policy)
-                  for words, (_, other) in zip(read, own_and_other)]
+                  for words, other in zip(read, others)]
         written = [written_words(text) for text, _ in normalised]
         identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
-        plain = [allowed_phrases_masked(words, self.policy) for words in read]
         glosses = self._glosses(plain, written, [language for language, _ in identified])
         failure = self.unavailable
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
@@ -466,12 +464,19 @@ class TextScreen:
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
 
+    def _read(self, texts: list[str]) -> tuple[list[list[str]], list[list[str]], list[list[str | None]]]:
+        """Per normalised text: the other readings of its words (for the rules), its own words as
+        the rules read them (`spelled_out`), and those with allowed phrases masked: what the
+        translator and the classifier read."""
+        own_and_other = [readings(text) for text in texts]
+        read = [spelled_out(own, self.policy, self.spellings) for own, _ in own_and_other]
+        return [other for _, other in own_and_other], read, [allowed_phrases_masked(w, self.policy) for w in read]
+
     def classifier_texts(self, prompts: list[str]) -> list[str]:
-        """What the classifier reads of each prompt as written, as `screen` makes it: the prompt's
-        own words as the rules read them (folded, leetspeak and spacing undone), allowed phrases
-        left out. `train_text_head` embeds these, so the heads learn from what they will read."""
-        return [joined(allowed_phrases_masked(spelled_out(readings(normalise(p)[0])[0], self.policy, self.spellings),
-                                              self.policy)) for p in prompts]
+        """What the classifier reads of each prompt as written, as `screen` makes it (`_read`):
+        its own words as the rules read them (folded, leetspeak and spacing undone), allowed
+        phrases left out. `train_text_head` embeds these, so the heads learn from what they will read."""
+        return [joined(m) for m in self._read([normalise(p)[0] for p in prompts])[2]]
 
     def _glosses(self, masked: list[list[str | None]], written: list[dict[str, str]],
                  languages: list[str]) -> list[Gloss | GlossaryUnavailable | None]:
