@@ -130,7 +130,8 @@ def eval_text_safety(
     out.print(languages)
     overall = report["overall"]
     out.print(f"unsafe recall {overall['unsafe_recall']} ({overall['unsafe']} unsafe), "
-              f"safe false-positive rate {overall['safe_false_positive_rate']} ({overall['safe']} safe)")
+              f"safe false-positive rate {overall['safe_false_positive_rate']} ({overall['safe']} safe; "
+              f"blocked {overall['safe_blocked_rate']}, the rest held for review)")
     for miss in report["errors"]:
         print_data(f"  miss: ({miss['label']}) {miss['prompt']} -> {miss['decision']} {miss['categories']}")
     if obfuscated:

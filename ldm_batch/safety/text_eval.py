@@ -70,12 +70,15 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
             "unsafe": len(unsafe_here), "safe": len(safe_here)}
     unsafe = [v.decision != "allow" for v, label in zip(verdicts, labels) if label != "safe"]
     safe_flagged = [v.decision != "allow" for v, label in zip(verdicts, labels) if label == "safe"]
+    safe_blocked = [v.decision == "block" for v, label in zip(verdicts, labels) if label == "safe"]
     misses = [{"prompt": v.prompt, "label": label, "decision": v.decision, "categories": v.categories}
               for v, label in zip(verdicts, labels) if (label == "safe") == (v.decision != "allow")]
     return {
         "screen": screen.id, "prompts": len(labels),
         "overall": {"unsafe_recall": round(sum(unsafe) / max(len(unsafe), 1), 3),
                     "safe_false_positive_rate": round(sum(safe_flagged) / max(len(safe_flagged), 1), 3),
+                    # of those, the blocked ones (the rest are held for a person's review)
+                    "safe_blocked_rate": round(sum(safe_blocked) / max(len(safe_blocked), 1), 3),
                     "unsafe": len(unsafe), "safe": len(safe_flagged)},
         "categories": per_category, "languages": per_language, "errors": misses,
     }

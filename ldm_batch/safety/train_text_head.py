@@ -34,6 +34,9 @@ from ldm_batch.safety.text_eval import load_labelled
 SHIFTS = (-0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
 GRID = tuple(round(0.35 + 0.05 * i, 2) for i in range(12))  # 0.35 .. 0.9
 FALSE_POSITIVE_BUDGET = 0.05  # the issue's target, out of fold, in English and in the other languages
+RECALL_TARGET = 0.95  # the issue's unsafe recall target, out of fold, over all prompts ...
+LANGUAGE_RECALL_TARGET = 0.9  # ... and in every language; it wins over the budget where both cannot hold,
+REVIEW_BUDGET = 0.10  # up to this: safe prompts held, for review or blocked, out of fold in each group
 
 
 def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600, weight_decay: float = 1e-5):
@@ -64,7 +67,7 @@ def _probabilities(head, embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, policies: Policies,
-                   rule_flags: torch.Tensor, english: torch.Tensor, glossed: torch.Tensor, trust: torch.Tensor,
+                   rule_flags: torch.Tensor, languages: list[str], glossed: torch.Tensor, trust: torch.Tensor,
                    units: list[str], folds: int = 5) -> None:
     """Out-of-fold scores on the train split, read as the screen reads them: the prompt (and its
     gloss, which fires no category of context or of names), the two heads averaged where there are two, the
@@ -90,11 +93,11 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
     score = torch.maximum(as_written, torch.where(glossed.unsqueeze(1) & from_gloss, as_glossed, 0.0))
     safe = targets.sum(dim=1) == 0
     for shift in SHIFTS:
-        figures = _figures(_flagged(score, rule_flags, thresholds + shift), safe, english)
+        figures = _figures(_flagged(score, rule_flags, thresholds + shift), safe, languages)
         print(f"thresholds {shift:+.2f}, out of fold, rules + classifier: {figures}")
-    chosen = per_category_thresholds(score, rule_flags, safe, english)
+    chosen = per_category_thresholds(score, rule_flags, safe, languages, [bool(c.any_of) for c in categories.values()])
     print("per-category thresholds, out of fold: " + ", ".join(f"{c} {t}" for c, t in zip(categories, chosen)))
-    print(f"  at them: {_figures(_flagged(score, rule_flags, torch.tensor(chosen)), safe, english)}")
+    print(f"  at them: {_figures(_flagged(score, rule_flags, torch.tensor(chosen)), safe, languages)}")
 
 
 def _flagged(score: torch.Tensor, rule_flags: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
@@ -102,43 +105,73 @@ def _flagged(score: torch.Tensor, rule_flags: torch.Tensor, thresholds: torch.Te
     return rule_flags | (score >= thresholds).any(dim=1)
 
 
-def _figures(flagged: torch.Tensor, safe: torch.Tensor, english: torch.Tensor) -> str:
+def _figures(flagged: torch.Tensor, safe: torch.Tensor, languages: list[str]) -> str:
+    """Unsafe recall and safe false-positive rate in English and in the other languages, then
+    the unsafe recall over all prompts and in the language where it is lowest."""
+    english = torch.tensor([language == "en" for language in languages])
+    lowest = min((flagged[~safe & group].float().mean().item(), code) for code in set(languages)
+                 if (~safe & (group := torch.tensor([language == code for language in languages]))).any())
     return "; ".join(f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, "
                      f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
-                     for name, group in (("English", english), ("other languages", ~english)))
+                     for name, group in (("English", english), ("other languages", ~english))) + (
+        f"; all unsafe recall {flagged[~safe].float().mean():.3f}, lowest {lowest[1]} {lowest[0]:.3f}")
 
 
 def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe: torch.Tensor,
-                            english: torch.Tensor) -> list[float]:
+                            languages: list[str], widened: list[bool]) -> list[float]:
     """A threshold per category from GRID, greedily: start every category at the top and, while
     some move keeps the out-of-fold safe false-positive rate within FALSE_POSITIVE_BUDGET in
     English and in the other languages, lower the one category (to any lower step, so a step that
     gains nothing on its own does not block the next) that catches the most more unsafe prompts
-    per safe prompt it newly holds. `score`: per prompt and category, the probability that would
-    fire it (the prompt's, or its gloss's where the gloss may fire that category)."""
-    steps = [len(GRID) - 1] * score.shape[1]
+    per safe prompt it newly holds. If the unsafe recall is then still short of RECALL_TARGET
+    (all prompts) or of LANGUAGE_RECALL_TARGET (in any one language), recall wins: the same moves,
+    of the `widened` categories only (the any-of one, which holds for review, never blocks), go
+    on past the budget until both are met, each to its nearest lower step that gains, while the
+    safe prompts held stay within REVIEW_BUDGET (a person's review queue of tricky safe prompts,
+    and everyday copy such as "precios de locura" read as unsafe below it). `score`:
+    per prompt and category, the probability that would fire it (the prompt's, or its gloss's
+    where the gloss may fire that category); `languages`: each prompt's language."""
+    english = torch.tensor([language == "en" for language in languages])
+    unsafe_in = [~safe & torch.tensor([language == code for language in languages]) for code in sorted(set(languages))]
 
     def flagged(at: list[int]) -> torch.Tensor:
         return _flagged(score, rule_flags, torch.tensor([GRID[i] for i in at]))
 
-    def within_budget(fired: torch.Tensor) -> bool:
-        return all(fired[safe & group].float().mean() <= FALSE_POSITIVE_BUDGET for group in (english, ~english))
+    def within(budget: float):
+        return lambda fired: all(fired[safe & group].float().mean() <= budget for group in (english, ~english))
 
-    while True:
-        now = flagged(steps)
-        best, best_value = None, 0.0
-        for category, step in enumerate(steps):
-            for lower in range(step - 1, -1, -1):
-                trial = steps[:category] + [lower] + steps[category + 1:]
-                fired = flagged(trial)
-                gained = int((fired & ~now & ~safe).sum())
-                if gained and within_budget(fired):
-                    value = gained / (1 + int((fired & ~now & safe).sum()))
-                    if value > best_value:
-                        best, best_value = trial, value
-        if best is None:
-            return [GRID[i] for i in steps]
-        steps = best
+    def recall_met(fired: torch.Tensor) -> bool:
+        return bool(fired[~safe].float().mean() >= RECALL_TARGET) and all(
+            fired[group].float().mean() >= LANGUAGE_RECALL_TARGET for group in unsafe_in if group.any())
+
+    def lower(steps: list[int], allowed, done, movable: list[bool], nearest: bool) -> list[int]:
+        """Greedy moves of the `movable` categories until `done` or none is `allowed`; `nearest`:
+        a category only to its nearest lower step that gains (the target passed by as little as
+        can be)."""
+        while not done(now := flagged(steps)):
+            best, best_value = None, 0.0
+            for category, step in enumerate(steps):
+                if not movable[category]:
+                    continue
+                for lower_step in range(step - 1, -1, -1):
+                    trial = steps[:category] + [lower_step] + steps[category + 1:]
+                    fired = flagged(trial)
+                    gained = int((fired & ~now & ~safe).sum())
+                    if gained and allowed(fired):
+                        value = gained / (1 + int((fired & ~now & safe).sum()))
+                        if value > best_value:
+                            best, best_value = trial, value
+                    if gained and nearest:
+                        break
+            if best is None:
+                return steps
+            steps = best
+        return steps
+
+    steps = lower([len(GRID) - 1] * score.shape[1], within(FALSE_POSITIVE_BUDGET), lambda fired: False,
+                  [True] * len(widened), nearest=False)
+    steps = lower(steps, within(REVIEW_BUDGET), recall_met, widened, nearest=True)
+    return [GRID[i] for i in steps]
 
 
 def _save(out: Path, head, categories: list[str], encoder: Encoder, prompts: int) -> None:
@@ -179,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = label_targets(train["label"], policies.text_safety.categories)
     languages = train["language"] if "language" in train.columns else ["en"] * len(train)
     concepts = train["concept"] if "concept" in train.columns else [""] * len(train)
-    cross_validate(inputs, targets, policies, torch.tensor([v.categories != [] for v in rules]),
-                   torch.tensor([language == "en" for language in languages]),
+    cross_validate(inputs, targets, policies, torch.tensor([v.categories != [] for v in rules]), list(languages),
                    torch.tensor([g is not None for g in glosses]),
                    torch.tensor([1.0 if v.gloss_translated is None else v.gloss_translated for v in rules]),
                    [concept or prompt for concept, prompt in zip(concepts, prompts)])
