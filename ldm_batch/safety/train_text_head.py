@@ -35,8 +35,8 @@ SHIFTS = (-0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
 GRID = tuple(round(0.35 + 0.05 * i, 2) for i in range(12))  # 0.35 .. 0.9
 FALSE_POSITIVE_BUDGET = 0.05  # the target, out of fold, in English and in the other languages
 RECALL_TARGET = 0.95  # the unsafe recall target, out of fold, over all prompts ...
-LANGUAGE_RECALL_TARGET = 0.9  # ... and in every language; it wins over the budget where both cannot hold,
-REVIEW_BUDGET = 0.10  # up to this: safe prompts held, for review or blocked, out of fold in each group
+LANGUAGE_RECALL_TARGET = 0.9  # ... and in every language: where the budget keeps them from holding, recall wins
+REVIEW_BUDGET = 0.10  # ... up to this share of safe prompts held (for review or blocked), in each group
 
 
 def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600, weight_decay: float = 1e-5):
