@@ -4,8 +4,9 @@
 
 Each variant is trained as `ldm_batch.safety.train_text_head` trains the shipped heads (on
 what the screen's classifier reads, with the policy's categories, the any-of one included), its
-thresholds chosen out of fold on the train split (`per_category_thresholds`: safe false
-positives <= 0.05 in English and in the other languages), then read on the held-out split
+thresholds chosen out of fold on the train split as the trainer chooses them
+(`per_category_thresholds`: within the 5% false-positive budget, then the any-of category
+lower for the recall target, within the review budget), then read on the held-out split
 with those thresholds. The variants:
 
   two logistic heads   the shipped design: one head on USE multilingual over the prompt, one on
@@ -37,8 +38,8 @@ from ldm_batch.policies import load_policies
 from ldm_batch.safety.text import TextScreen
 from ldm_batch.safety.text_classifier import CHUNK, Encoder, mean_pooled, onnx_session, weighed_mean
 from ldm_batch.safety.text_eval import load_labelled
-from ldm_batch.safety.train_text_head import (_flagged, _probabilities, label_targets, per_category_thresholds,
-                                               train_head)
+from ldm_batch.safety.train_text_head import (_flagged, _probabilities, label_targets, lowest_language_recall,
+                                               per_category_thresholds, train_head)
 
 
 def readings(policies, frame, encoder: Encoder, english) -> dict:
@@ -133,11 +134,9 @@ def scores(model, d, rows, from_gloss):
 
 def figures(d, score, thresholds) -> str:
     flagged, safe = _flagged(score, d["rules"], thresholds), d["targets"].sum(1) == 0
-    languages = sorted(set(d["languages"]))
-    per = {lang: flagged[~safe & torch.tensor([x == lang for x in d["languages"]])].float().mean().item()
-           for lang in languages}
+    lowest, recall = lowest_language_recall(flagged, safe, d["languages"])
     return (f"recall {flagged[~safe].float().mean():.3f}, FPR {flagged[safe].float().mean():.3f}, "
-            f"lowest language {min(per, key=per.get)} {min(per.values()):.3f}")
+            f"lowest language {lowest} {recall:.3f}")
 
 
 def main() -> None:
@@ -157,7 +156,7 @@ def main() -> None:
     encoder = Encoder(policies, spec.encoder)
     train, heldout = (readings(policies, frame[frame["split"] == s], encoder, english) for s in ("train", "heldout"))
     folds = torch.tensor([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 5 for u in train["units"]])
-    english_rows = torch.tensor([lang == "en" for lang in train["languages"]])
+    widened = [bool(c.any_of) for c in policies.text_safety.categories.values()]
     safe = train["targets"].sum(1) == 0
     speed = prompts_per_second(english, frame["prompt"].tolist()[:640])
     print(f"English encoder: {args.english_encoder or spec.english.encoder}, {speed} prompts/s (ONNX Runtime, "
@@ -167,7 +166,8 @@ def main() -> None:
         out_of_fold = torch.zeros_like(train["targets"])
         for k in range(5):
             out_of_fold[folds == k] = scores(fit(train, folds != k), train, folds == k, from_gloss)
-        thresholds = torch.tensor(per_category_thresholds(out_of_fold, train["rules"], safe, english_rows))
+        thresholds = torch.tensor(per_category_thresholds(out_of_fold, train["rules"], safe, train["languages"],
+                                                          widened))
         everything = slice(None)
         held = scores(fit(train, everything), heldout, everything, from_gloss)
         print(f"{name:20} out of fold: {figures(train, out_of_fold, thresholds)}\n"

@@ -105,16 +105,28 @@ def _flagged(score: torch.Tensor, rule_flags: torch.Tensor, thresholds: torch.Te
     return rule_flags | (score >= thresholds).any(dim=1)
 
 
+def language_groups(languages: list[str]) -> dict[str, torch.Tensor]:
+    """Each language's prompts, as a mask over all of them."""
+    return {code: torch.tensor([language == code for language in languages]) for code in sorted(set(languages))}
+
+
+def lowest_language_recall(flagged: torch.Tensor, safe: torch.Tensor, languages: list[str]) -> tuple[str, float]:
+    """The language whose unsafe prompts are held least often, and that share."""
+    recall = {code: flagged[~safe & group].float().mean().item()
+              for code, group in language_groups(languages).items() if (~safe & group).any()}
+    lowest = min(recall, key=recall.get)
+    return lowest, recall[lowest]
+
+
 def _figures(flagged: torch.Tensor, safe: torch.Tensor, languages: list[str]) -> str:
     """Unsafe recall and safe false-positive rate in English and in the other languages, then
     the unsafe recall over all prompts and in the language where it is lowest."""
     english = torch.tensor([language == "en" for language in languages])
-    lowest = min((flagged[~safe & group].float().mean().item(), code) for code in set(languages)
-                 if (~safe & (group := torch.tensor([language == code for language in languages]))).any())
+    lowest, recall = lowest_language_recall(flagged, safe, languages)
     return "; ".join(f"{name} unsafe recall {flagged[~safe & group].float().mean():.3f}, "
                      f"safe false-positive rate {flagged[safe & group].float().mean():.3f}"
                      for name, group in (("English", english), ("other languages", ~english))) + (
-        f"; all unsafe recall {flagged[~safe].float().mean():.3f}, lowest {lowest[1]} {lowest[0]:.3f}")
+        f"; all unsafe recall {flagged[~safe].float().mean():.3f}, lowest {lowest} {recall:.3f}")
 
 
 def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe: torch.Tensor,
@@ -132,7 +144,7 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
     per prompt and category, the probability that would fire it (the prompt's, or its gloss's
     where the gloss may fire that category); `languages`: each prompt's language."""
     english = torch.tensor([language == "en" for language in languages])
-    unsafe_in = [~safe & torch.tensor([language == code for language in languages]) for code in sorted(set(languages))]
+    unsafe_in = [~safe & group for group in language_groups(languages).values()]
 
     def flagged(at: list[int]) -> torch.Tensor:
         return _flagged(score, rule_flags, torch.tensor([GRID[i] for i in at]))
