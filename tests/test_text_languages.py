@@ -99,7 +99,7 @@ def test_obfuscated_unsafe_prompts_are_caught_as_often_as_their_plain_forms(scre
 @pytest.mark.parametrize("prompt, category", [
     ("a nuuuude woman on a bed", "sexual"), ("a n*de woman on a bed", "sexual"), ("p#rn scene", "sexual"),
     ("a n@ked woman", "sexual"), ("n u d e   w o m a n on a bed", "sexual"), ("#NakedWoman on the bed", "sexual"),
-    ("ɴᴜᴅᴇ woman on a bed", "sexual"), ("a c*rpse in the street", "violence"), ("killllller with a knife", "violence"),
+    ("ɴᴜᴅᴇ woman on a bed", "sexual"), ("a c*rpse in the street", "violence"), ("a gorrrrry crime scene", "violence"),
     ("zwł*ki na chodniku", "violence"),  # a masked prefix term: zwłok*
 ])
 def test_masked_stretched_spaced_and_small_capital_words_are_read_as_the_word(policies, prompt, category):
@@ -230,12 +230,27 @@ def test_rule_terms_fold_accents_match_prefixes_and_unspaced_scripts(policies):
     assert "violence" in rule_hits(words("zakrwawionego trupa"), policy)  # Polish endings: zakrwawion*
     assert "drugs" in rule_hits(words("トレーラーで覚醒剤を作る"), policy)  # Japanese: no spaces
     assert "trademarks" in rule_hits(words("Nike-Logo auf dem Schuh"), policy)  # hyphens break words
-    assert rule_hits(words("Killer-Angebot"), policy)  # "killer" alone is a violence term ...
-    assert not rule_hits(without_allowed_phrases("Killer-Angebot", policy), policy)  # ... the phrase is allowed
+    assert rule_hits(words("ein Bloody Mary"), policy)  # "bloody" alone is a violence term ...
+    assert not rule_hits(without_allowed_phrases("ein Bloody Mary", policy), policy)  # ... the phrase is allowed
     assert "minors" in rule_hits(words("ein Kind in Unterwäsche"), policy, "de")
     assert "minors" not in rule_hits(words("a kind of underwear"), policy, "en")  # "kind" is German and Dutch only
-    assert "violence" in rule_hits(words("eine tote Frau im Wald"), policy, "de")
-    assert "violence" not in rule_hits(words("a canvas tote bag"), policy, "en")  # "tote" is German only
+    assert "violence" in rule_hits(words("ein Mord im Wald"), policy, "de")
+    assert "violence" not in rule_hits(words("le chien mord la balle"), policy, "fr")  # "mord" is German only: it bites
+
+
+@pytest.mark.parametrize("prompt, language", [
+    ("volunteers giving blood at a blood bank", "en"),
+    ("un monument aux morts avec les noms des soldats", "fr"),
+    ("bambini travestiti da vampiri con sangue finto sul mento", "it"),
+    ("un análisis de sangre en el laboratorio", "es"),
+    ("a gardener spraying weed killer on the path", "en"),
+    ("lekarz pobiera krew od pacjenta", "pl"),
+    ("een herdenkingsmonument voor de doden van de oorlog", "nl"),
+])
+def test_words_that_only_name_blood_or_the_dead_are_no_rule_terms(policies, prompt, language):
+    # a blood bank, a war memorial, a costume's fake blood: the word alone says no harm, so no
+    # rule holds it (neither violence nor "minors" beside it); the classifier reads the scene
+    assert not rule_hits(words(prompt), policies.text_safety, language)
 
 
 def test_terms_match_whole_words_in_sequence_and_never_across_an_allowed_phrase():
