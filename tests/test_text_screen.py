@@ -57,6 +57,18 @@ def test_unsafe_prompts_are_caught_by_rules_with_a_reason(screen, prompt, catego
     assert any(reason.startswith(category) for reason in verdict.reasons)
 
 
+@pytest.mark.parametrize("safe, unsafe", [
+    ("volunteers giving blood at a blood bank", "a man covered in blood lying in the street"),
+    ("a vampire costume with fake blood for a Halloween party", "a bloody corpse on the pavement"),
+    ("un monument aux morts avec les noms des soldats", "un homme couvert de sang gisant dans la rue"),
+    ("lekarz pobiera krew od pacjenta", "mężczyzna leżący w kałuży krwi na ulicy"),
+])
+def test_blood_and_the_dead_are_held_for_the_harm_they_show_not_for_the_word(screen, safe, unsafe):
+    # rules-v8: "blood", "morts", "krew" alone hold nothing; the scene around them decides
+    assert decide(screen, safe).decision == "allow", decide(screen, safe).reasons
+    assert decide(screen, unsafe).decision == "block"
+
+
 @pytest.mark.parametrize("prompt", [
     "a man lying in a pool of his own blood",          # no rule: "blood" alone is no term
     "a woman with a plastic bag over her head, lifeless on the floor",
