@@ -14,6 +14,7 @@ from conftest import REPO
 from ldm_batch.cli import app
 from ldm_batch.policies import load_policies
 from ldm_batch.safety.text import TextScreen, words
+from ldm_batch.safety.text_eval import concept_interval
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +202,22 @@ def test_eval_reports_per_category_and_overall():
     assert overall["unsafe_recall"] >= 0.95 and overall["safe_false_positive_rate"] <= 0.065
     assert overall["safe_blocked_rate"] <= 0.02  # the rest of the safe prompts held are for review
     assert all(figures["unsafe_not_allowed"] >= 0.9 for figures in report["languages"].values())
+    low, high = overall["safe_false_positive_rate_95"]  # over concepts: how sure the figure is
+    assert low < overall["safe_false_positive_rate"] < high
     # the any-of category is measured against every label it names
     any_of = report["categories"]["unsafe"]
     assert any_of["support"] == sum(report["categories"][c]["support"] for c in ANY_OF)
+
+
+def test_interval_over_concepts_is_wider_than_over_prompts_and_repeatable():
+    # 10 concepts of 10 translations: one concept wholly held. Counted as 100 independent
+    # prompts the same 10% would look far surer than it is.
+    held = [True] * 10 + [False] * 90
+    by_concept = concept_interval(held, [f"c{i // 10}" for i in range(100)])
+    by_prompt = concept_interval(held, [f"p{i}" for i in range(100)])
+    assert by_concept[0] <= 0.1 <= by_concept[1] and by_prompt[0] <= 0.1 <= by_prompt[1]
+    assert by_concept[1] - by_concept[0] > 2 * (by_prompt[1] - by_prompt[0])
+    assert concept_interval(held, [f"c{i // 10}" for i in range(100)]) == by_concept  # seeded
 
 
 def test_thresholds_per_category_catch_what_they_can_within_the_false_positive_budget():

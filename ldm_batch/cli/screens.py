@@ -129,8 +129,9 @@ def eval_text_safety(
                                                        "held_as_unsupported", "unsafe", "safe")))
     out.print(languages)
     overall = report["overall"]
-    out.print(f"unsafe recall {overall['unsafe_recall']} ({overall['unsafe']} unsafe), "
-              f"safe false-positive rate {overall['safe_false_positive_rate']} ({overall['safe']} safe; "
+    out.print(f"unsafe recall {overall['unsafe_recall']} ({overall['unsafe']} unsafe; 95% over concepts "
+              f"{overall['unsafe_recall_95']}), safe false-positive rate {overall['safe_false_positive_rate']} "
+              f"({overall['safe']} safe; 95% over concepts {overall['safe_false_positive_rate_95']}; "
               f"blocked {overall['safe_blocked_rate']}, the rest held for review)")
     for miss in report["errors"]:
         print_data(f"  miss: ({miss['label']}) {miss['prompt']} -> {miss['decision']} {miss['categories']}")

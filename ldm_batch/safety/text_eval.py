@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ldm_batch.safety.obfuscations import OBFUSCATIONS, obfuscated
@@ -40,8 +41,29 @@ def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:
     return frame
 
 
+BOOTSTRAP_DRAWS = 2000
+
+
+def concept_interval(held: list[bool], units: list[str]) -> list[float]:
+    """A 95% interval for the share of `held`, by resampling whole units (a concept and its
+    translations; a prompt is its own unit where the CSV has no `concept` column) with
+    replacement: the prompts of one concept stand or fall together, so counting them as
+    independent would make the interval too narrow. Seeded: the same figures give the same
+    interval."""
+    per_unit: dict[str, list[int]] = {}
+    for hit, unit in zip(held, units):
+        counts = per_unit.setdefault(unit, [0, 0])
+        counts[0] += hit
+        counts[1] += 1
+    hits, sizes = (np.array(column, dtype=float) for column in zip(*per_unit.values()))
+    draws = np.random.default_rng(0).multinomial(len(hits), [1 / len(hits)] * len(hits), size=BOOTSTRAP_DRAWS)
+    shares = (draws @ hits) / np.maximum(draws @ sizes, 1)
+    return [round(float(np.percentile(shares, 2.5)), 3), round(float(np.percentile(shares, 97.5)), 3)]
+
+
 def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
-    """Per category precision, recall and false-positive rate; overall unsafe recall and safe FPR."""
+    """Per category precision, recall and false-positive rate; overall unsafe recall and safe FPR,
+    each with a 95% interval over concepts (`concept_interval`)."""
     verdicts = screen.screen(frame["prompt"].tolist())
     labels = frame["label"].tolist()
     per_category = {}
@@ -68,15 +90,21 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
             "safe_not_allowed": round(sum(safe_here) / len(safe_here), 3) if safe_here else None,
             "held_as_unsupported": sum(any("not supported by the text screen" in r for r in v.reasons) for v, _ in chosen),
             "unsafe": len(unsafe_here), "safe": len(safe_here)}
+    units = frame["concept"].where(frame["concept"] != "", frame["prompt"]).tolist() if "concept" in frame.columns \
+        else frame["prompt"].tolist()
     unsafe = [v.decision != "allow" for v, label in zip(verdicts, labels) if label != "safe"]
+    unsafe_units = [u for u, label in zip(units, labels) if label != "safe"]
     safe_flagged = [v.decision != "allow" for v, label in zip(verdicts, labels) if label == "safe"]
+    safe_units = [u for u, label in zip(units, labels) if label == "safe"]
     safe_blocked = [v.decision == "block" for v, label in zip(verdicts, labels) if label == "safe"]
     misses = [{"prompt": v.prompt, "label": label, "decision": v.decision, "categories": v.categories}
               for v, label in zip(verdicts, labels) if (label == "safe") == (v.decision != "allow")]
     return {
         "screen": screen.id, "prompts": len(labels),
         "overall": {"unsafe_recall": round(sum(unsafe) / max(len(unsafe), 1), 3),
+                    "unsafe_recall_95": concept_interval(unsafe, unsafe_units) if unsafe else None,
                     "safe_false_positive_rate": round(sum(safe_flagged) / max(len(safe_flagged), 1), 3),
+                    "safe_false_positive_rate_95": concept_interval(safe_flagged, safe_units) if safe_flagged else None,
                     # of those, the blocked ones (the rest are held for a person's review)
                     "safe_blocked_rate": round(sum(safe_blocked) / max(len(safe_blocked), 1), 3),
                     "unsafe": len(unsafe), "safe": len(safe_flagged)},
