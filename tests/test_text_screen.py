@@ -209,6 +209,24 @@ def test_eval_reports_per_category_and_overall():
     assert any_of["support"] == sum(report["categories"][c]["support"] for c in ANY_OF)
 
 
+def test_any_policy_edit_changes_the_screen_id(policies):
+    # audit records name the screen that judged them: two policies must never share an id, even
+    # when only a threshold or a term changed and screen_id was not bumped
+    ts = policies.text_safety.model_copy(update={"classifier": None})
+
+    def screen_id(text_safety):
+        return TextScreen(policies.model_copy(update={"text_safety": text_safety}), REPO / "policies").id
+
+    drugs = ts.categories["drugs"]
+    other_threshold = ts.model_copy(update={"categories": {**ts.categories, "drugs": drugs.model_copy(
+        update={"threshold": drugs.threshold - 0.05})}})
+    other_terms = ts.model_copy(update={"categories": {**ts.categories, "drugs": drugs.model_copy(
+        update={"terms": [*drugs.terms, "moon sugar"]})}})
+    ids = {screen_id(ts), screen_id(other_threshold), screen_id(other_terms)}
+    assert len(ids) == 3 and all(i.startswith(f"{ts.screen_id}+policy@") for i in ids)
+    assert screen_id(ts) == screen_id(ts.model_copy())  # the same policy, the same id
+
+
 def test_interval_over_concepts_is_wider_than_over_prompts_and_repeatable():
     # 10 concepts of 10 translations: one concept wholly held. Counted as 100 independent
     # prompts the same 10% would look far surer than it is.
@@ -222,7 +240,8 @@ def test_interval_over_concepts_is_wider_than_over_prompts_and_repeatable():
 
 def test_thresholds_per_category_catch_what_they_can_within_the_false_positive_budget():
     """Out of fold, a category's threshold goes down only while it catches more unsafe prompts
-    and the safe prompts it holds stay within 5% in English and in the other languages; when
+    (more than the safe prompts it newly holds) and the safe prompts it holds stay within 5% in
+    English and in the other languages; when
     the unsafe recall is then short of its target, only the widened (review) category goes on
     down, to the nearest step that reaches it, while a tenth or fewer of the safe ones are held."""
     import torch
@@ -259,6 +278,12 @@ def test_thresholds_per_category_catch_what_they_can_within_the_false_positive_b
     score[[60 + i for i in range(20)], 1] = 0.1  # the second category catches nothing now
     score[[60 + i for i in range(20) if i % 2 == 0], 0] = 0.6
     assert per_category_thresholds(score, rules, safe, languages, [True, False]) == [0.55, 0.9]
+    # a blocking step that holds as many safe prompts as it catches unsafe ones is not taken,
+    # though within the budget (one German safe prompt of twenty); one that catches more is
+    score = torch.tensor([[0.1, 0.1]] * 39 + [[0.5, 0.1]] + [[0.6, 0.1]] * 19 + [[0.5, 0.1]] + [[0.1, 0.4]] * 20)
+    assert per_category_thresholds(score, rules, safe, languages, fixed) == [0.6, 0.4]
+    score[58, 0] = 0.5
+    assert per_category_thresholds(score, rules, safe, languages, fixed) == [0.5, 0.4]
 
 
 def test_brand_rules_apply_to_that_brands_prompts_only(screen):

@@ -24,6 +24,7 @@ prompts are held.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 import re
@@ -415,7 +416,12 @@ class TextScreen:
         translation = glossary.translation if glossary else None
         translator = Translator(translation.folder, translation.chains, translation.sha256) if translation else None
         self.glossary = Glossary(glossary.folder, glossary.sha256, translator) if glossary else None
-        self.id = (self.policy.screen_id + (f"+{self.classifier.id}" if self.classifier else "")
+        # any edit of the policy (a term, a threshold, an allowed phrase, a brand's rules) changes
+        # the id, so the audit records of two policies never read alike, whatever screen_id says
+        policy = "\n".join([self.policy.model_dump_json()] + [self.brand_policies[b].model_dump_json()
+                                                              for b in sorted(self.brand_policies)])
+        self.id = (f"{self.policy.screen_id}+policy@{hashlib.sha256(policy.encode()).hexdigest()[:12]}"
+                   + (f"+{self.classifier.id}" if self.classifier else "")
                    + (f"+gloss@{self.glossary.id}" if self.glossary else ""))
         # what a masked or stretched word may be read as: the classifier's words (USE's are in
         # order of frequency, in 16 languages), then the English lexicon's

@@ -135,7 +135,9 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
     some move keeps the out-of-fold safe false-positive rate within FALSE_POSITIVE_BUDGET in
     English and in the other languages, lower the one category (to any lower step, so a step that
     gains nothing on its own does not block the next) that catches the most more unsafe prompts
-    per safe prompt it newly holds. If the unsafe recall is then still short of RECALL_TARGET
+    per safe prompt it newly holds, and only if that move catches more unsafe prompts than the
+    safe ones it newly holds (a step that blocks one safe prompt for each unsafe one it catches
+    is a coin toss, and measured out of fold on few prompts). If the unsafe recall is then still short of RECALL_TARGET
     (all prompts) or of LANGUAGE_RECALL_TARGET (in any one language), recall wins: the same moves,
     of the `widened` categories only (the any-of one, which holds for review, never blocks), go
     on past the budget until both are met, each to its nearest lower step that gains, while the
@@ -156,10 +158,10 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
         return bool(fired[~safe].float().mean() >= RECALL_TARGET) and all(
             fired[group].float().mean() >= LANGUAGE_RECALL_TARGET for group in unsafe_in if group.any())
 
-    def lower(steps: list[int], allowed, done, movable: list[bool], nearest: bool) -> list[int]:
+    def lower(steps: list[int], allowed, done, movable: list[bool], nearest: bool, majority: bool) -> list[int]:
         """Greedy moves of the `movable` categories until `done` or none is `allowed`; `nearest`:
         a category only to its nearest lower step that gains (the target passed by as little as
-        can be)."""
+        can be); `majority`: only moves that catch more unsafe prompts than safe ones they hold."""
         while not done(now := flagged(steps)):
             best, best_value = None, 0.0
             for category, step in enumerate(steps):
@@ -169,8 +171,9 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
                     trial = steps[:category] + [lower_step] + steps[category + 1:]
                     fired = flagged(trial)
                     gained = int((fired & ~now & ~safe).sum())
-                    if gained and allowed(fired):
-                        value = gained / (1 + int((fired & ~now & safe).sum()))
+                    newly_safe = int((fired & ~now & safe).sum())
+                    if gained and allowed(fired) and (gained > newly_safe or not majority):
+                        value = gained / (1 + newly_safe)
                         if value > best_value:
                             best, best_value = trial, value
                     if gained and nearest:
@@ -181,8 +184,8 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
         return steps
 
     steps = lower([len(GRID) - 1] * score.shape[1], within(FALSE_POSITIVE_BUDGET), lambda fired: False,
-                  [True] * len(widened), nearest=False)
-    steps = lower(steps, within(REVIEW_BUDGET), recall_met, widened, nearest=True)
+                  [True] * len(widened), nearest=False, majority=True)
+    steps = lower(steps, within(REVIEW_BUDGET), recall_met, widened, nearest=True, majority=False)
     return [GRID[i] for i in steps]
 
 
