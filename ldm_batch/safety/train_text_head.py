@@ -137,14 +137,15 @@ def per_category_thresholds(score: torch.Tensor, rule_flags: torch.Tensor, safe:
     gains nothing on its own does not block the next) that catches the most more unsafe prompts
     per safe prompt it newly holds, and only if that move catches more unsafe prompts than the
     safe ones it newly holds (a step that blocks one safe prompt for each unsafe one it catches
-    is a coin toss, and measured out of fold on few prompts). If the unsafe recall is then still short of RECALL_TARGET
-    (all prompts) or of LANGUAGE_RECALL_TARGET (in any one language), recall wins: the same moves,
-    of the `widened` categories only (the any-of one, which holds for review, never blocks), go
-    on past the budget until both are met, each to its nearest lower step that gains, while the
-    safe prompts held stay within REVIEW_BUDGET (a person's review queue of tricky safe prompts,
-    and everyday copy such as "precios de locura" read as unsafe below it). `score`:
-    per prompt and category, the probability that would fire it (the prompt's, or its gloss's
-    where the gloss may fire that category); `languages`: each prompt's language."""
+    is a coin toss, and measured out of fold on few prompts). If the unsafe recall is then still
+    short of RECALL_TARGET (all prompts) or of LANGUAGE_RECALL_TARGET (in any one language),
+    recall wins: the same moves, of the `widened` categories only (the any-of one, which holds
+    for review, never blocks), go on past the budget until both are met, each to its nearest
+    lower step that gains, while the safe prompts held stay within REVIEW_BUDGET (a person's
+    review queue of tricky safe prompts, and everyday copy such as "precios de locura" read as
+    unsafe below it). `score`: per prompt and category, the probability that would fire it (the
+    prompt's, or its gloss's where the gloss may fire that category); `languages`: each
+    prompt's language."""
     english = torch.tensor([language == "en" for language in languages])
     unsafe_in = [~safe & group for group in language_groups(languages).values()]
 
