@@ -66,7 +66,8 @@ def test_unsafe_prompts_are_caught_by_rules_with_a_reason(screen, prompt, catego
 ])
 def test_blood_and_the_dead_are_held_for_the_harm_they_show_not_for_the_word(screen, safe, unsafe):
     # rules-v8: "blood", "morts", "krew" alone hold nothing; the scene around them decides
-    assert decide(screen, safe).decision == "allow", decide(screen, safe).reasons
+    allowed = decide(screen, safe)
+    assert allowed.decision == "allow", allowed.reasons
     assert decide(screen, unsafe).decision == "block"
 
 

@@ -22,10 +22,14 @@ from ldm_batch.safety.obfuscations import OBFUSCATIONS, obfuscated
 from ldm_batch.safety.text import TextScreen
 
 
-def _splits(frame: pd.DataFrame) -> pd.Series:
+def units(frame: pd.DataFrame) -> pd.Series:
+    """Each prompt's unit: its concept (shared with its translations), or the prompt itself."""
     concepts = frame["concept"] if "concept" in frame.columns else pd.Series("", index=frame.index)
-    unit = concepts.where(concepts != "", frame["prompt"])
-    return unit.map(lambda u: "heldout" if int(hashlib.sha256(u.encode()).hexdigest(), 16) % 3 == 0 else "train")
+    return concepts.where(concepts != "", frame["prompt"])
+
+
+def _splits(frame: pd.DataFrame) -> pd.Series:
+    return units(frame).map(lambda u: "heldout" if int(hashlib.sha256(u.encode()).hexdigest(), 16) % 3 == 0 else "train")
 
 
 def load_labelled(path: Path, categories: list[str]) -> pd.DataFrame:
@@ -90,12 +94,11 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
             "safe_not_allowed": round(sum(safe_here) / len(safe_here), 3) if safe_here else None,
             "held_as_unsupported": sum(any("not supported by the text screen" in r for r in v.reasons) for v, _ in chosen),
             "unsafe": len(unsafe_here), "safe": len(safe_here)}
-    units = frame["concept"].where(frame["concept"] != "", frame["prompt"]).tolist() if "concept" in frame.columns \
-        else frame["prompt"].tolist()
+    unit_of = units(frame).tolist()
     unsafe = [v.decision != "allow" for v, label in zip(verdicts, labels) if label != "safe"]
-    unsafe_units = [u for u, label in zip(units, labels) if label != "safe"]
+    unsafe_units = [u for u, label in zip(unit_of, labels) if label != "safe"]
     safe_flagged = [v.decision != "allow" for v, label in zip(verdicts, labels) if label == "safe"]
-    safe_units = [u for u, label in zip(units, labels) if label == "safe"]
+    safe_units = [u for u, label in zip(unit_of, labels) if label == "safe"]
     safe_blocked = [v.decision == "block" for v, label in zip(verdicts, labels) if label == "safe"]
     misses = [{"prompt": v.prompt, "label": label, "decision": v.decision, "categories": v.categories}
               for v, label in zip(verdicts, labels) if (label == "safe") == (v.decision != "allow")]
