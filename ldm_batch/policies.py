@@ -118,6 +118,14 @@ class GlossaryPolicy(Strict):
     translation: TranslationPolicy | None = None
 
 
+class IdentityPolicy(Strict):
+    """Words that say who someone is ("gay", "Muslim", "deaf", "hijab"), per language (English's
+    also read every English reading). For every category but `read_by`, the classifier's score is
+    the lesser of the text's with and without them (ldm_batch.safety.identity)."""
+    read_by: list[str] = ["hate"]
+    terms: dict[str, list[str]] = {}
+
+
 class TextSafetyPolicy(Strict):
     screen_id: str
     allow_phrases: list[str] = []
@@ -130,6 +138,7 @@ class TextSafetyPolicy(Strict):
     # a letter hidden behind a mask character ("g*ys", "J*den") is read as a guess: a prompt
     # that no category fires on goes here (allow: the guess is trusted)
     hidden_letters_action: Literal["review", "block", "allow"] = "review"
+    identity: IdentityPolicy = IdentityPolicy()
 
 
 class ImageConcept(Strict):

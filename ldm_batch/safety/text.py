@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from ldm_batch.policies import Policies, TextSafetyPolicy
 from ldm_batch.safety.glossary import Gloss, Glossary, GlossaryUnavailable
+from ldm_batch.safety.identity import identity_blind, without_identity
 from ldm_batch.safety.language import LanguageIdentifier, fold_accents, load_lexicon, normalise
 from ldm_batch.safety.translation import Translator
 from ldm_batch.torch_thread import on_torch_thread
@@ -447,6 +448,7 @@ class TextScreen:
         identified = [self.languages.identify(as_identified(text, words)) for (text, _), words in zip(normalised, read)]
         glosses = self._glosses(plain, written, [language for language, _ in identified])
         failure = self.unavailable
+        set_aside: dict[int, set[str]] = {}  # per prompt, the identity words its classifier scores set aside
         classifier_scores: list[dict[str, float] | None] = [None for _ in prompts]
         gloss_scores: list[dict[str, float] | None] = [None for _ in prompts]
         if self.classifier is not None and prompts:
@@ -459,6 +461,11 @@ class TextScreen:
                 english = [g if isinstance(g, Gloss) else t for t, g in zip(as_read, glosses)] + texts[len(prompts):]
                 trust = [g.translated if isinstance(g, Gloss) else 1.0 for g in glosses + [glosses[i] for i in glossed]]
                 scores = on_torch_thread(self.classifier.scores, texts, english, trust)
+                languages = [language for language, _ in identified] + ["en"] * len(glossed)
+                scores, found = self._identity_blind(scores, texts, english, trust, languages)
+                for j, words in found.items():  # text j: prompt j, or the gloss of prompt glossed[j - len(prompts)]
+                    set_aside.setdefault(j if j < len(prompts) else glossed[j - len(prompts)], set()).update(
+                        w.lower() for w in words)
                 classifier_scores = scores[:len(prompts)]
                 for i, score in zip(glossed, scores[len(prompts):]):
                     gloss_scores[i] = score
@@ -467,8 +474,35 @@ class TextScreen:
         verdicts = [self._verdict(p, m, s, r, failure, language, g if isinstance(g, Gloss) else None, gs)
                     for p, m, s, r, (language, _), g, gs
                     in zip(prompts, masked, classifier_scores, rules, identified, glosses, gloss_scores)]
+        for i, found in set_aside.items() if not failure else ():
+            verdicts[i] = verdicts[i].model_copy(update={"reasons": verdicts[i].reasons + [
+                f"identity words set aside for every category but {', '.join(self.policy.identity.read_by)}: "
+                f"{', '.join(sorted(found))}"]})
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
+
+    def _identity_blind(self, scores: list[dict[str, float]], texts: list[str], english: list[str],
+                        trust: list[float], languages: list[str]) -> tuple[list[dict[str, float]], dict[int, list[str]]]:
+        """The scores with identity words set aside (ldm_batch.safety.identity): each text that
+        has some is scored again without them (its English reading too), and every category but
+        those that read them takes the lesser score. Also, per text, the words set aside."""
+        policy = self.policy.identity
+        if not policy.terms:
+            return scores, {}
+        english_terms = tuple(policy.terms.get("en", []))
+        cut = [without_identity(t, tuple(policy.terms.get(language, [])) + english_terms)
+               for t, language in zip(texts, languages)]
+        cut_english = [without_identity(e, english_terms) for e in english]
+        changed = [i for i, ((text, found), (reading, found_en)) in enumerate(zip(cut, cut_english))
+                   if (found or found_en) and text and reading]
+        if not changed:
+            return scores, {}
+        without = on_torch_thread(self.classifier.scores, [cut[i][0] for i in changed],
+                                  [cut_english[i][0] for i in changed], [trust[i] for i in changed])
+        scores = list(scores)
+        for i, alternative in zip(changed, without):
+            scores[i] = identity_blind(scores[i], alternative, policy.read_by)
+        return scores, {i: cut[i][1] + cut_english[i][1] for i in changed}
 
     def _read(self, texts: list[str]) -> tuple[list[list[str]], list[list[str]], list[list[str | None]]]:
         """Per normalised text: the other readings of its words (for the rules), its own words as
