@@ -207,8 +207,8 @@ class Glossary:
 
     def gloss(self, words: list[str], language: str) -> Gloss:
         """The words (lower case, as written) in English, one sense each; a word the dictionary
-        lacks, as itself, as its lemma or as a compound of two words it has, stays as written. Japanese: runs of text, read by
-        their longest headwords."""
+        lacks, as itself, as its lemma or as a compound of two words it has, stays as written.
+        Japanese: runs of text, read by their longest headwords."""
         dictionary = self.dictionary(language)
         if language == "ja":
             read = [_japanese_senses(run, dictionary) for run in words]
@@ -234,14 +234,14 @@ def _sense(dictionary: Dictionary, word: str, language: str) -> str | None:
 
 
 def _compound_sense(dictionary: Dictionary, word: str, language: str) -> str | None:
-    """A compound's senses, part by part ("rohrwaffe": tube weapon), where the
-    language writes compounds as one word (COMPOUND_ENDINGS): of the splits into two parts of
-    SHORTEST_PART letters or more that the dictionary both knows, each as written or without
-    one of the endings (the first part's linking element, "blinden|hund", "arbeit|s|platz"; the
-    second's plural, "waffe|n"), the most even one. None where there is none. Dictionary look-ups
-    only: a lemmatiser call per candidate part costs about 1 ms, thirty of them per word. Written here
-    rather than taken from a splitter package: the parts must be words this dictionary knows
-    anyway, and compound-split's n-gram tables are 185 MB."""
+    """A compound's senses, part by part ("rohrwaffe": tube weapon), where the language writes
+    compounds as one word (COMPOUND_ENDINGS): of the splits into two parts of SHORTEST_PART
+    letters or more that the dictionary both knows, each as written or without one of the
+    endings (the first part's linking element, "blinden|hund", "arbeit|s|platz"; the second's
+    plural, "waffe|n"), the most even one. None where there is none. Dictionary look-ups only:
+    a lemmatiser call per candidate part costs about 1 ms, thirty of them per word. Written
+    here rather than taken from a splitter package: the parts must be words this dictionary
+    knows anyway, and compound-split's n-gram tables are 185 MB."""
     endings = COMPOUND_ENDINGS.get(language)
     if not endings:
         return None

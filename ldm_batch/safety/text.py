@@ -481,8 +481,8 @@ class TextScreen:
         return [self._in_language(v, text, changes, language, probability, g)
                 for v, (text, changes), (language, probability), g in zip(verdicts, normalised, identified, glosses)]
 
-    def _identity_blind(self, scores: list[dict[str, float]], texts: list[str], english: list[str],
-                        trust: list[float], languages: list[str]) -> tuple[list[dict[str, float]], dict[int, list[str]]]:
+    def _identity_blind(self, scores: list[dict[str, float]], texts: list[str], english: list[str], trust: list[float],
+                        languages: list[str]) -> tuple[list[dict[str, float]], dict[int, list[str]]]:
         """The scores with identity words set aside (ldm_batch.safety.identity): each text that
         has some is scored again without them (its English reading too), and every category but
         those that read them takes the lesser score. Also, per text, the words set aside."""
