@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # Japanese: a term found anywhere
+from ldm_batch.safety.language import UNSPACED
+
 
 
 @lru_cache(maxsize=64)

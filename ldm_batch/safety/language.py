@@ -26,6 +26,7 @@ from ldm_batch.policies import LanguagePolicy
 
 UNDETERMINED = "und"
 LETTERS = re.compile(r"[^\W\d_]+")
+UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs (no spaces)
 SMALL_CAPITAL = re.compile(r"LATIN LETTER SMALL CAPITAL ([A-Z])")
 # the general-purpose combining marks (diacritics, overlays, marks for symbols); a script's own
 # vowel signs (Devanagari, Thai, ...) lie in its own block and stay

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from ldm_batch.policies import Policies, TextSafetyPolicy
 from ldm_batch.safety.glossary import Gloss, Glossary, GlossaryUnavailable
 from ldm_batch.safety.identity import identity_blind, without_identity
-from ldm_batch.safety.language import LanguageIdentifier, fold_accents, load_lexicon, normalise
+from ldm_batch.safety.language import UNSPACED, LanguageIdentifier, fold_accents, load_lexicon, normalise
 from ldm_batch.safety.translation import Translator
 from ldm_batch.torch_thread import on_torch_thread
 
@@ -53,7 +53,6 @@ LAST_LETTER_MASKED = r"(?<=[^\W_]{2})\*(?![^\s.,;:!?)])"  # "ohn*" before a spac
 WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]+|{LAST_LETTER_MASKED})?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
-UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")  # kana and CJK ideographs
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
 
@@ -490,8 +489,9 @@ class TextScreen:
         if not policy.terms:
             return scores, {}
         english_terms = tuple(policy.terms.get("en", []))
-        cut = [without_identity(t, tuple(policy.terms.get(language, [])) + english_terms)
-               for t, language in zip(texts, languages)]
+        terms = {language: english_terms if language == "en" else tuple(policy.terms.get(language, [])) + english_terms
+                 for language in set(languages)}
+        cut = [without_identity(t, terms[language]) for t, language in zip(texts, languages)]
         cut_english = [without_identity(e, english_terms) for e in english]
         changed = [i for i, ((text, found), (reading, found_en)) in enumerate(zip(cut, cut_english))
                    if (found or found_en) and text and reading]
