@@ -60,3 +60,14 @@ def test_without_the_identity_terms_the_same_scenes_were_held(policies):
 def test_harm_beside_an_identity_word_is_still_blocked(screen, prompt, category):
     verdict = screen.screen([prompt])[0]
     assert verdict.decision == "block" and category in verdict.categories, verdict.reasons
+
+
+def test_a_scene_no_category_fires_on_is_not_scored_again(screen):
+    """Setting words aside can only lower scores, so a text that fires nothing keeps the
+    scores of the text as written and is not read a second time (it would cost a pass)."""
+    prompt = "a lesbian couple walking their dog in a sunny park"
+    verdict = screen.screen([prompt])[0]
+    assert verdict.decision == "allow", verdict.reasons
+    assert not any(r.startswith("identity words set aside") for r in verdict.reasons)
+    as_written = screen.classifier.scores(screen.classifier_texts([prompt]))[0]
+    assert verdict.scores["unsafe"] == as_written["unsafe"]
