@@ -54,7 +54,7 @@ def readings(policies, frame, encoder: Encoder, english) -> dict:
             "english": english(in_english), "rules": torch.tensor([v.categories != [] for v in rules]),
             "glossed": torch.tensor([v.gloss is not None for v in rules]),
             "trust": torch.tensor([1.0 if v.gloss_translated is None else v.gloss_translated for v in rules]),
-            "targets": label_targets(frame["label"], policies.text_safety.categories),
+            "targets": label_targets(frame["label"], policies.text_safety.classified_categories),
             "languages": frame["language"].tolist(), "units": [c or p for c, p in zip(frame["concept"], prompts)]}
 
 
@@ -146,7 +146,7 @@ def main() -> None:
     torch.set_num_threads(2)
     policies = load_policies(REPO_POLICIES)
     spec = policies.text_safety.classifier
-    from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in policies.text_safety.categories.values()])
+    from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in policies.text_safety.classified_categories.values()])
     if args.english_encoder:
         english = local_encoder(args.english_encoder)
     else:
@@ -156,7 +156,7 @@ def main() -> None:
     encoder = Encoder(policies, spec.encoder)
     train, heldout = (readings(policies, frame[frame["split"] == s], encoder, english) for s in ("train", "heldout"))
     folds = torch.tensor([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 5 for u in train["units"]])
-    widened = [bool(c.any_of) for c in policies.text_safety.categories.values()]
+    widened = [bool(c.any_of) for c in policies.text_safety.classified_categories.values()]
     safe = train["targets"].sum(1) == 0
     speed = prompts_per_second(english, frame["prompt"].tolist()[:640])
     print(f"English encoder: {args.english_encoder or spec.english.encoder}, {speed} prompts/s (ONNX Runtime, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ldm_batch.problems import PolicyError
 
@@ -48,6 +48,9 @@ class TextCategory(Strict):
                                             "trained on all their labels), for a prompt whose unsafety is "
                                             "split between them, none sure enough to fire (it fires only where "
                                             "they are all silent)")
+    kind_of: str | None = Field(None, description="rules only, a kind of that category (dehumanising, of hate): "
+                                                  "`eval` counts it as that category, and the classifier has no "
+                                                  "head for it")
 
     @property
     def fired_by_gloss_classifier(self) -> bool:
@@ -139,6 +142,19 @@ class TextSafetyPolicy(Strict):
     # that no category fires on goes here (allow: the guess is trusted)
     hidden_letters_action: Literal["review", "block", "allow"] = "review"
     identity: IdentityPolicy = IdentityPolicy()
+
+    @model_validator(mode="after")
+    def _kinds_of_known_categories(self) -> TextSafetyPolicy:
+        for name, category in self.categories.items():
+            if category.kind_of is not None and category.kind_of not in self.categories:
+                raise ValueError(f"categories.{name}.kind_of: {category.kind_of!r} is not a category "
+                                 f"(one of {', '.join(self.categories)})")
+        return self
+
+    @property
+    def classified_categories(self) -> dict[str, TextCategory]:
+        """The categories the classifier's heads score: all but the rules-only kinds (`kind_of`)."""
+        return {name: c for name, c in self.categories.items() if c.kind_of is None}
 
 
 class ImageConcept(Strict):

@@ -73,7 +73,7 @@ def evaluate(screen: TextScreen, frame: pd.DataFrame) -> dict:
     per_category = {}
     for category, spec in screen.policy.categories.items():
         predicted = [category in v.categories for v in verdicts]
-        actual = [label == category or label in spec.any_of for label in labels]
+        actual = [label in (category, spec.kind_of) or label in spec.any_of for label in labels]
         tp = sum(p and a for p, a in zip(predicted, actual))
         fp = sum(p and not a for p, a in zip(predicted, actual))
         positives, negatives = sum(actual), len(actual) - sum(actual)

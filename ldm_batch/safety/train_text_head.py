@@ -86,7 +86,7 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
             weight = trust[test].unsqueeze(1)
             as_written[test] = weighed_mean(as_written[test], reading, weight)
             as_glossed[test] = weighed_mean(as_glossed[test], reading, weight)
-    categories = policies.text_safety.categories
+    categories = policies.text_safety.classified_categories
     thresholds = torch.tensor([c.threshold for c in categories.values()])
     from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in categories.values()])
     # per prompt and category, the probability that fires it: the prompt's, or its gloss's
@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     spec = policies.text_safety.classifier
     if spec is None or spec.kind != "embedding-head":
         raise SystemExit("policies/text_safety.yaml names no embedding-head classifier to train")
-    categories = list(policies.text_safety.categories)
-    frame = load_labelled(args.labelled or args.policies / "text_safety_labelled.csv", categories)
+    categories = list(policies.text_safety.classified_categories)
+    frame = load_labelled(args.labelled or args.policies / "text_safety_labelled.csv",
+                          list(policies.text_safety.categories))
     train = frame[frame["split"] == "train"]
     prompts = train["prompt"].tolist()
     # the rules' verdicts and the glosses, from the screen without its classifier
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     english_encoder = Encoder(policies, spec.english.encoder) if spec.english else None
     if english_encoder is not None:
         inputs["english"] = torch.from_numpy(english_encoder.embed(in_english))
-    targets = label_targets(train["label"], policies.text_safety.categories)
+    targets = label_targets(train["label"], policies.text_safety.classified_categories)
     languages = train["language"] if "language" in train.columns else ["en"] * len(train)
     concepts = train["concept"] if "concept" in train.columns else [""] * len(train)
     cross_validate(inputs, targets, policies, torch.tensor([v.categories != [] for v in rules]), list(languages),
