@@ -38,6 +38,8 @@ def test_a_trope_said_of_a_group_is_blocked_as_a_kind_of_hate(screen, prompt):
     "a pest control technician spraying for cockroaches under a kitchen sink",
     "ein Kammerjäger sprüht unter der Küchenspüle gegen Kakerlaken",  # "vermin" in its gloss: no hate
     "two pet rats in a cage at a pet shop",
+    "ratti neri in un granaio",  # black rats: "neri" also names people, so it is no group word
+    "un documentario sui ratti nelle fogne di Roma",  # Rome, not the Roma
 ])
 def test_the_same_words_without_a_group_are_allowed(screen, prompt):
     verdict = screen.screen([prompt])[0]
