@@ -146,7 +146,8 @@ def main() -> None:
     torch.set_num_threads(2)
     policies = load_policies(REPO_POLICIES)
     spec = policies.text_safety.classifier
-    from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in policies.text_safety.classified_categories.values()])
+    classified = policies.text_safety.classified_categories.values()
+    from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in classified])
     if args.english_encoder:
         english = local_encoder(args.english_encoder)
     else:
@@ -156,7 +157,7 @@ def main() -> None:
     encoder = Encoder(policies, spec.encoder)
     train, heldout = (readings(policies, frame[frame["split"] == s], encoder, english) for s in ("train", "heldout"))
     folds = torch.tensor([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % 5 for u in train["units"]])
-    widened = [bool(c.any_of) for c in policies.text_safety.classified_categories.values()]
+    widened = [bool(c.any_of) for c in classified]
     safe = train["targets"].sum(1) == 0
     speed = prompts_per_second(english, frame["prompt"].tolist()[:640])
     print(f"English encoder: {args.english_encoder or spec.english.encoder}, {speed} prompts/s (ONNX Runtime, "

@@ -19,7 +19,6 @@ from functools import lru_cache
 from ldm_batch.safety.language import UNSPACED
 
 
-
 @lru_cache(maxsize=64)
 def _pattern(terms: tuple[str, ...]) -> re.Pattern | None:
     """One expression for the terms: whole words, a trailing "*" a prefix, the words of a term
