@@ -20,6 +20,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import emoji
 from confusable_homoglyphs import confusables
 
 from ldm_batch.policies import LanguagePolicy
@@ -31,6 +32,10 @@ SMALL_CAPITAL = re.compile(r"LATIN LETTER SMALL CAPITAL ([A-Z])")
 # the general-purpose combining marks (diacritics, overlays, marks for symbols); a script's own
 # vowel signs (Devanagari, Thai, ...) lie in its own block and stay
 STRAY_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+TEXT_SYMBOLS = "\u00a9\u00ae\u2122"  # (c), (R), TM: emoji too, but in marketing copy they are marks, not words
+# CLDR renamed 🔫 "water pistol" when vendors redrew it as a toy; its Unicode name, and the use
+# a prompt makes of it ("a 🔫 at his head"), is PISTOL
+NAMED_AS_UNICODE = {"\U0001F52B": "pistol"}
 
 
 def load_lexicon(vocabulary: Path) -> frozenset[str]:
@@ -73,14 +78,45 @@ def fold_accents(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(out))
 
 
+def emoji_as_words(text: str) -> tuple[str, dict[str, str]]:
+    """The text with each emoji written as its English name (Unicode CLDR, from the `emoji`
+    package), set apart by spaces: "a 🔫 at a child's head" reads "a pistol at a child's
+    head", so the rules and the classifier read what the picture would show (the diffusion
+    model's tokenizer reads emoji too). Keycaps read as their digit ("1️⃣2️⃣": "12"); ©, ® and
+    ™ are left as they are. Also what was read, emoji to words."""
+    read: dict[str, str] = {}
+    out, end = [], 0
+    for found in emoji.emoji_list(text):
+        chars, start = found["emoji"], found["match_start"]
+        out.append(text[end:start])
+        end = found["match_end"]
+        if chars in TEXT_SYMBOLS:
+            out.append(chars)
+            continue
+        name = NAMED_AS_UNICODE.get(chars) or emoji.EMOJI_DATA[chars]["en"].strip(":").replace("_", " ")
+        if name.startswith("keycap "):
+            read[chars] = name.removeprefix("keycap ")
+            out.append(read[chars])
+            continue
+        read[chars] = name
+        before = "".join(out)
+        out.append(("" if not before or before[-1].isspace() else " ") + name
+                   + ("" if end == len(text) or text[end].isspace() else " "))
+    out.append(text[end:])
+    return "".join(out), read
+
+
 def normalise(text: str) -> tuple[str, list[str]]:
-    """The text with invisible format characters (zero-width spaces and joiners, bidi
-    controls, soft hyphens) removed and, in mostly-Latin text, letters of other scripts that
-    look like Latin ones (Unicode TR39 confusables: Cyrillic "о", Greek "ο") read as Latin;
-    Latin small capitals ("ɴᴜᴅᴇ", which NFKC leaves) read as letters; combining marks that
-    compose with no letter (struck-through "n̶u̶d̶e̶", Zalgo) removed; and what was changed,
-    for the verdict's reasons."""
+    """The text with emoji written as their English names (`emoji_as_words`); invisible format
+    characters (zero-width spaces and joiners, bidi controls, soft hyphens) removed; and, in
+    mostly-Latin text, letters of other scripts that look like Latin ones (Unicode TR39
+    confusables: Cyrillic "о", Greek "ο") read as Latin; Latin small capitals ("ɴᴜᴅᴇ", which
+    NFKC leaves) read as letters; combining marks that compose with no letter (struck-through
+    "n̶u̶d̶e̶", Zalgo) removed; and what was changed, for the verdict's reasons."""
     changes = []
+    text, read = emoji_as_words(text)  # first: a joiner inside an emoji sequence is part of it ("🏳️‍🌈")
+    if read:
+        changes.append("read emoji as words: " + ", ".join(f"{e} as {w!r}" for e, w in read.items()))
     visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
     if len(visible) != len(text):
         changes.append(f"removed {len(text) - len(visible)} invisible character(s)")

@@ -1,7 +1,8 @@
 """Ways people spell a prompt to get it past a filter, for measuring the text screen.
 
 Each obfuscation rewrites every word of four or more letters (the screen cannot know which
-word carries the meaning, and neither does this), deterministically, so a run is repeatable.
+word carries the meaning, and neither does this), or, for emoji, every word that names one,
+deterministically, so a run is repeatable.
 `ldm-batch eval text-safety --obfuscated` screens each unsafe prompt plain and in every way
 below, and reports how often each way is caught against its plain form.
 """
@@ -12,10 +13,19 @@ import re
 import unicodedata
 from collections.abc import Callable
 
+import emoji
+
+from ldm_batch.safety.language import NAMED_AS_UNICODE
+
 LONG_WORD = re.compile(r"[^\W\d_]{4,}")
 VOWELS = "aeiouAEIOU"
 LOOK_ALIKE = str.maketrans({"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441"})  # Cyrillic
 LEET = str.maketrans({"a": "4", "e": "3", "o": "0", "i": "1", "s": "$"})
+# the emoji whose name is one English word ("bomb": 💣, "syringe": 💉, "girl": 👧), and 🔫 for "gun"
+EMOJI_FOR = {name: chars for chars, data in emoji.EMOJI_DATA.items()
+             if data["status"] == emoji.STATUS["fully_qualified"]
+             and (name := data["en"].strip(":")).isalpha() and name.islower()}
+EMOJI_FOR.update({name: chars for chars, name in NAMED_AS_UNICODE.items()}, gun="\U0001F52B")
 
 
 def _each_long_word(text: str, rewrite: Callable[[str], str]) -> str:
@@ -59,6 +69,8 @@ OBFUSCATIONS: dict[str, Callable[[str], str]] = {
     # letters struck through with combining marks: "n̶u̶d̶e̶"
     "struck": lambda t: _each_long_word(t, lambda w: "".join(c + "\u0336" for c in w)),
     "small-capitals": lambda t: _each_long_word(t, lambda w: "".join(_small_capital(c) for c in w)),
+    # words written as the emoji of that name: "a 🔫 at a 🧒's head"
+    "emoji": lambda t: re.sub(r"[^\W\d_]+", lambda m: EMOJI_FOR.get(m.group().lower(), m.group()), t),
     # the whole prompt as one CamelCase hashtag: "#NudeWomanOnABed"
     "hashtag": lambda t: "#" + "".join(w[:1].upper() + w[1:] for w in re.findall(r"[^\W_]+", t)),
 }
