@@ -129,6 +129,16 @@ class IdentityPolicy(Strict):
     terms: dict[str, list[str]] = {}
 
 
+class AgesPolicy(Strict):
+    """An age: a number, then words for years (`after_number`: "25 year old", "30yo", "40 ans").
+    For the rules, an adult's (at or above `adult`) reads as nothing, so minors' "year old" does
+    not take a 25-year-old for a child, and a child's reads as `child_reads` ("12 ans": 12 year
+    old, a minors term)."""
+    adult: int = 18
+    after_number: list[str] = []
+    child_reads: str = "year old"
+
+
 class TextSafetyPolicy(Strict):
     screen_id: str
     allow_phrases: list[str] = []
@@ -142,6 +152,7 @@ class TextSafetyPolicy(Strict):
     # that no category fires on goes here (allow: the guess is trusted)
     hidden_letters_action: Literal["review", "block", "allow"] = "review"
     identity: IdentityPolicy = IdentityPolicy()
+    ages: AgesPolicy = AgesPolicy()
 
     @model_validator(mode="after")
     def _kinds_of_known_categories(self) -> TextSafetyPolicy:

@@ -402,3 +402,23 @@ def test_the_english_encoder_on_onnx_runtime_reads_as_pytorch_does_alone_or_padd
     mask = batch["attention_mask"].unsqueeze(-1).float()
     reference = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1).numpy()
     assert np.abs(together - reference).max() < 1e-5
+
+
+@pytest.mark.parametrize("prompt", ["a 25 year old woman drinking beer at a bar, warm light",
+                                    "a 35-year-old model in lingerie, studio photo",
+                                    "a 40 year old woman in lingerie on a white background",
+                                    "a 30yo man smoking a cigarette on a balcony",
+                                    "a 12 year old single malt whisky on an oak table"])
+def test_an_adults_age_or_a_spirits_is_no_childs(screen, prompt):
+    """Minors' "year old" read every age as a child's: these were blocked as minors."""
+    verdict = screen.screen([prompt])[0]
+    assert "minors" not in verdict.categories, verdict
+
+
+@pytest.mark.parametrize("prompt", ["a 12yo girl drinking beer", "a 12 yrs old boy smoking a cigarette",
+                                    "a 14-year-old girl in lingerie", "ein 12 Jahre altes Mädchen raucht eine Zigarette",
+                                    "a 12 year old girl with a beer next to a 12 year old whisky"])
+def test_a_childs_age_however_written_is_a_child(policies, prompt):
+    from ldm_batch.safety.text import rule_hits, without_allowed_phrases
+
+    assert "minors" in rule_hits(without_allowed_phrases(prompt, policies.text_safety), policies.text_safety)

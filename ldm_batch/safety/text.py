@@ -52,6 +52,7 @@ LAST_LETTER_MASKED = r"(?<=[^\W_]{2})\*(?![^\s.,;:!?)])"  # "ohn*" before a spac
 # leetspeak at either end ("$h0t", "bru1$3$", "m4$$") and an asterisk for its last letter ("ohn*")
 WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]+|{LAST_LETTER_MASKED})?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
+AGE_WRITTEN_SHORT = re.compile(r"(\d{1,3})(yo|yrs?)")  # "30yo", "12yrs": a number, then years
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
@@ -129,9 +130,10 @@ def readings(text: str) -> tuple[list[str], list[str]]:
 
 
 def _folded(raw: str) -> list[str]:
-    """A word case-folded, with leetspeak undone; a model number as letters and number."""
+    """A word case-folded, with leetspeak undone; a model number as letters and number, an
+    age written short ("30yo") as number and years."""
     word = raw.casefold() if raw.isascii() else fold_accents(raw.casefold())
-    if number := MODEL_NUMBER.fullmatch(word):
+    if number := MODEL_NUMBER.fullmatch(word) or AGE_WRITTEN_SHORT.fullmatch(word):
         return list(number.groups())
     leet = (any(c.isalpha() for c in word) and not UNSPACED.search(word)) or word in "@$"  # "12歳" stays
     return [word.translate(LEET) if leet else word]
@@ -342,6 +344,29 @@ def as_identified(text: str, read: list[str]) -> str:
     return text if all(w in written for w in read) else " ".join(read)
 
 
+def ages_read(tokens: list[str | None], policy: TextSafetyPolicy) -> list[str | None]:
+    """The words as the rules read ages (a number, then words for years: "25 year old", "40
+    ans", "12yo"): an adult's masked (None), a child's as the policy's `child_reads` ("12 ans":
+    12 year old). The classifier reads the age as written: without it, "a 40 year old woman in
+    lingerie" read as sexual."""
+    ages = policy.ages
+    child = list(term_words(ages.child_reads))
+    tokens = list(tokens)
+    start = 0
+    while start < len(tokens):
+        token = tokens[start]
+        years = next((w for phrase in ages.after_number if _starts_at(tokens, start + 1, w := term_words(phrase))),
+                     None) if token and token.isdigit() else None
+        if years is None:
+            start += 1
+            continue
+        tokens[start + 1:start + 1 + len(years)] = child if int(token) < ages.adult else [None] * len(years)
+        if int(token) >= ages.adult:
+            tokens[start] = None
+        start += 1
+    return tokens
+
+
 def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[str | None]:
     """The words with the policy's allowed phrases masked (None)."""
     tokens: list[str | None] = list(words)
@@ -361,8 +386,10 @@ def joined(tokens: list[str | None]) -> str:
 
 
 def rule_hits(tokens: list[str | None], policy: TextSafetyPolicy, language: str | None = None) -> dict[str, list[str]]:
-    """Matched terms per category. A category with context terms (e.g. minors: a word for a
-    child) fires only beside one of them or beside another category's hit."""
+    """Matched terms per category, ages read as `ages_read` reads them. A category with context
+    terms (e.g. minors: a word for a child) fires only beside one of them or beside another
+    category's hit."""
+    tokens = ages_read(tokens, policy)
     unspaced = "".join(t for t in tokens if t is not None)
 
     def matched(terms: list[str]) -> list[str]:
