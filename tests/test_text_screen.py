@@ -422,3 +422,16 @@ def test_a_childs_age_however_written_is_a_child(policies, prompt):
     from ldm_batch.safety.text import rule_hits, without_allowed_phrases
 
     assert "minors" in rule_hits(without_allowed_phrases(prompt, policies.text_safety), policies.text_safety)
+
+
+@pytest.mark.parametrize("prompt", ["a woman in her birthday suit lying on the bed", "pr0n scene in a motel",
+                                    "a jailbait selfie on a bed"])
+def test_euphemisms_and_slang_for_sexual_content_are_blocked(screen, prompt):
+    verdict = screen.screen([prompt])[0]
+    assert verdict.decision == "block" and "sexual" in verdict.categories, verdict
+
+
+@pytest.mark.parametrize("prompt", ["a portrait of Shota Imanaga pitching at a baseball stadium",
+                                    "la tienda de Loli en el centro del pueblo"])
+def test_given_names_that_are_also_slang_are_allowed(screen, prompt):
+    assert screen.screen([prompt])[0].decision == "allow"
