@@ -85,6 +85,8 @@ def emoji_as_words(text: str) -> tuple[str, dict[str, str]]:
     model's tokenizer reads emoji too). Keycaps read as their digit ("1️⃣2️⃣": "12"); ©, ® and
     ™ are left as they are. Also what was read, emoji to words."""
     read: dict[str, str] = {}
+    if text.isascii():  # every emoji lies outside ASCII (a keycap's mark too)
+        return text, read
     out, end = [], 0
     for found in emoji.emoji_list(text):
         chars, start = found["emoji"], found["match_start"]

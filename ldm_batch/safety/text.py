@@ -351,20 +351,19 @@ def ages_read(tokens: list[str | None], policy: TextSafetyPolicy) -> list[str | 
     lingerie" read as sexual."""
     ages = policy.ages
     child = list(term_words(ages.child_reads))
-    tokens = list(tokens)
+    read: list[str | None] = []
     start = 0
     while start < len(tokens):
         token = tokens[start]
         years = next((w for phrase in ages.after_number if _starts_at(tokens, start + 1, w := term_words(phrase))),
                      None) if token and token.isdigit() else None
         if years is None:
+            read.append(token)
             start += 1
             continue
-        tokens[start + 1:start + 1 + len(years)] = child if int(token) < ages.adult else [None] * len(years)
-        if int(token) >= ages.adult:
-            tokens[start] = None
-        start += 1
-    return tokens
+        read += [token, *child] if int(token) < ages.adult else [None] * (1 + len(years))
+        start += 1 + len(years)
+    return read
 
 
 def allowed_phrases_masked(words: list[str], policy: TextSafetyPolicy) -> list[str | None]:
