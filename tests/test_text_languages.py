@@ -309,3 +309,9 @@ def test_multilingual_and_obfuscated_prompts_are_screened_in_their_language(scre
     assert report["overall"]["safe_false_positive_rate"] == 0.0
     for language, figures in report["languages"].items():
         assert figures["held_as_unsupported"] == 0, language  # all nine are measured languages
+
+
+@pytest.mark.parametrize("negative", ["ropa", "vestiti", "roupas", "kleren", "ubranie", "服", "\U0001F455 \U0001F456"])
+def test_a_negative_prompt_of_clothes_is_blocked_in_any_language_however_short(screen, negative):
+    verdict = screen.screen([negative], negative=True)[0]
+    assert verdict.decision == "block" and "safeguard_removal" in verdict.categories, verdict
