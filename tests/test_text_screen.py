@@ -408,7 +408,8 @@ def test_the_english_encoder_on_onnx_runtime_reads_as_pytorch_does_alone_or_padd
                                     "a 35-year-old model in lingerie, studio photo",
                                     "a 40 year old woman in lingerie on a white background",
                                     "a 30yo man smoking a cigarette on a balcony",
-                                    "a 12 year old single malt whisky on an oak table"])
+                                    "a 12 year old single malt whisky on an oak table",
+                                    "a thirty year old woman drinking beer at a bar"])
 def test_an_adults_age_or_a_spirits_is_no_childs(screen, prompt):
     """Minors' "year old" read every age as a child's: these were blocked as minors."""
     verdict = screen.screen([prompt])[0]
@@ -417,7 +418,8 @@ def test_an_adults_age_or_a_spirits_is_no_childs(screen, prompt):
 
 @pytest.mark.parametrize("prompt", ["a 12yo girl drinking beer", "a 12 yrs old boy smoking a cigarette",
                                     "a 14-year-old girl in lingerie", "ein 12 Jahre altes Mädchen raucht eine Zigarette",
-                                    "a 12 year old girl with a beer next to a 12 year old whisky"])
+                                    "a 12 year old girl with a beer next to a 12 year old whisky",
+                                    "a twelve year old girl drinking beer"])
 def test_a_childs_age_however_written_is_a_child(policies, prompt):
     from ldm_batch.safety.text import rule_hits, without_allowed_phrases
 
@@ -435,3 +437,13 @@ def test_euphemisms_and_slang_for_sexual_content_are_blocked(screen, prompt):
                                     "la tienda de Loli en el centro del pueblo"])
 def test_given_names_that_are_also_slang_are_allowed(screen, prompt):
     assert screen.screen([prompt])[0].decision == "allow"
+
+
+def test_ages_in_words_are_read_as_numbers(policies):
+    from ldm_batch.safety.text import ages_read
+
+    policy = policies.text_safety
+    assert ages_read(words("a twenty-five-year-old model"), policy) == ["a", None, None, None, None, "model"]
+    assert ages_read(words("ein dreißig Jahre alter Mann"), policy) == ["ein", None, None, None, "mann"]
+    assert ages_read(words("a twelve year old girl"), policy) == ["a", "12", "year", "old", "girl"]
+    assert ages_read(words("a year old puppy"), policy) == ["a", "year", "old", "puppy"]  # no number: as written

@@ -35,6 +35,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from text_to_num import text2num
+
 from ldm_batch.policies import Policies, TextSafetyPolicy
 from ldm_batch.safety.glossary import Gloss, Glossary, GlossaryUnavailable
 from ldm_batch.safety.identity import identity_blind, without_identity
@@ -53,6 +55,7 @@ LAST_LETTER_MASKED = r"(?<=[^\W_]{2})\*(?![^\s.,;:!?)])"  # "ohn*" before a spac
 WORD = re.compile(rf"[@$]?(?:[^\W_]|(?<=[^\W_])[@${re.escape(MASKS)}]+(?=[^\W_]))+(?:[@$]+|{LAST_LETTER_MASKED})?|[@$]")
 MODEL_NUMBER = re.compile(r"([^\W\d_]+)(\d{2,})")  # "AK47", "M16": letters, then a number
 AGE_WRITTEN_SHORT = re.compile(r"(\d{1,3})(yo|yrs?)")  # "30yo", "12yrs": a number, then years
+NUMBER_LANGUAGES = ("en", "de", "nl")  # numbers in words, for ages (`_number_before`)
 STRETCHED = re.compile(r"([^\W\d_])\1{2,}")  # a letter three times or more: "nuuuude"
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 
@@ -344,25 +347,47 @@ def as_identified(text: str, read: list[str]) -> str:
     return text if all(w in written for w in read) else " ".join(read)
 
 
+def _number_before(words: list[str | None]) -> tuple[int, int] | None:
+    """The number the last words say, and how many words say it: digits, or up to three number
+    words in English, German or Dutch ("thirty", "twenty five", "dreissig"; text2num), the
+    languages whose words for years of age the policy lists."""
+    if words and words[-1] and words[-1].isdigit():
+        return int(words[-1]), 1
+    for count in (3, 2, 1):
+        said = words[-count:]
+        if len(said) < count or not all(said):
+            continue
+        for language in NUMBER_LANGUAGES:
+            try:
+                return text2num(" ".join(said), language), count
+            except ValueError:
+                continue
+    return None
+
+
 def ages_read(tokens: list[str | None], policy: TextSafetyPolicy) -> list[str | None]:
-    """The words as the rules read ages (a number, then words for years: "25 year old", "40
-    ans", "12yo"): an adult's masked (None), a child's as the policy's `child_reads` ("12 ans":
-    12 year old). The classifier reads the age as written: without it, "a 40 year old woman in
-    lingerie" read as sexual."""
+    """The words as the rules read ages (a number, in digits or words, then words for years:
+    "25 year old", "thirty year old", "12yo"): an adult's masked (None), a child's as the
+    policy's `child_reads` ("12 yrs old": 12 year old). The classifier reads the age as written:
+    without it, "a 40 year old woman in lingerie" read as sexual."""
     ages = policy.ages
+    if not _terms(tuple(ages.after_number)).found(tokens, ""):  # most prompts say no age
+        return list(tokens)
     child = list(term_words(ages.child_reads))
     read: list[str | None] = []
     start = 0
     while start < len(tokens):
-        token = tokens[start]
-        years = next((w for phrase in ages.after_number if _starts_at(tokens, start + 1, w := term_words(phrase))),
-                     None) if token and token.isdigit() else None
-        if years is None:
-            read.append(token)
+        years = next((w for phrase in ages.after_number if _starts_at(tokens, start, w := term_words(phrase))),
+                     None) if read and tokens[start] else None
+        said = _number_before(read) if years else None
+        if said is None:
+            read.append(tokens[start])
             start += 1
             continue
-        read += [token, *child] if int(token) < ages.adult else [None] * (1 + len(years))
-        start += 1 + len(years)
+        number, count = said
+        del read[-count:]
+        read += [str(number), *child] if number < ages.adult else [None] * (count + len(years))
+        start += len(years)
     return read
 
 
