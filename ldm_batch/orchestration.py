@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 def configure_prefect(home: Path) -> None:
     defaults = {
         "PREFECT_HOME": str((home / "prefect").resolve()),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        # how long a command waits for its Prefect server: four runs starting at once on two
+        # slow cores (AMD EPYC, AVX2) took more than 90 s
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -52,13 +54,17 @@ def local_flow(name: str):
 
 
 @contextmanager
-def temporary_server(timeout: float = 90.0) -> Iterator[PrefectServer | None]:
+def temporary_server(timeout: float | None = None) -> Iterator[PrefectServer | None]:
     """For a command that runs a flow in this process: a Prefect server of its own for the
     block (`prefect server start`, the API alone, its database under PREFECT_HOME), unless
     PREFECT_API_URL names one (then None). It starts at once and this process's
     PREFECT_API_URL names it, so enter this before Prefect is imported; call `ready()` before
     the flow runs. Prefect's own temporary server would start only at the first flow run,
-    after this process imported its server module: seconds later, one after another."""
+    after this process imported its server module: seconds later, one after another. It waits
+    `timeout` seconds for it, by default PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (the
+    timeout Prefect's own temporary server takes; `configure_prefect` sets it)."""
+    if timeout is None:
+        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
     if os.environ.get("PREFECT_API_URL"):
         yield None
         return
