@@ -17,12 +17,15 @@ if TYPE_CHECKING:
     from ldm_batch.serve import PrefectServer
 
 
+# how long a command waits for its Prefect server, in seconds: four runs starting at once on two
+# slow cores (AMD EPYC, AVX2) took more than 90
+SERVER_STARTUP_TIMEOUT = "180"
+
+
 def configure_prefect(home: Path) -> None:
     defaults = {
         "PREFECT_HOME": str((home / "prefect").resolve()),
-        # how long a command waits for its Prefect server: four runs starting at once on two
-        # slow cores (AMD EPYC, AVX2) took more than 90 s
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": SERVER_STARTUP_TIMEOUT,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -64,7 +67,7 @@ def temporary_server(timeout: float | None = None) -> Iterator[PrefectServer | N
     `timeout` seconds for it, by default PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (the
     timeout Prefect's own temporary server takes; `configure_prefect` sets it)."""
     if timeout is None:
-        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", SERVER_STARTUP_TIMEOUT))
     if os.environ.get("PREFECT_API_URL"):
         yield None
         return

@@ -90,7 +90,8 @@ def emoji_as_words(text: str) -> tuple[str, dict[str, str]]:
     out, end = [], 0
     for found in emoji.emoji_list(text):
         chars, start = found["emoji"], found["match_start"]
-        out.append(text[end:start])
+        if start > end:
+            out.append(text[end:start])
         end = found["match_end"]
         if chars in TEXT_SYMBOLS:
             out.append(chars)
@@ -101,8 +102,7 @@ def emoji_as_words(text: str) -> tuple[str, dict[str, str]]:
             out.append(read[chars])
             continue
         read[chars] = name
-        before = "".join(out)
-        out.append(("" if not before or before[-1].isspace() else " ") + name
+        out.append(("" if not out or out[-1][-1].isspace() else " ") + name
                    + ("" if end == len(text) or text[end].isspace() else " "))
     out.append(text[end:])
     return "".join(out), read
