@@ -366,6 +366,41 @@ def test_the_english_head_reads_the_english_reading_weighed_by_what_the_gloss_tr
     assert in_english[weapons] > multilingual[weapons]  # the gloss says "shotgun" plainly
 
 
+def test_where_the_english_head_is_not_read_it_could_not_have_fired_a_category():
+    """The English head is skipped for a text only where even a sure English head (probability 1)
+    would leave every category under its threshold, wherever that bound is above skip_below."""
+    import numpy as np
+
+    from ldm_batch.safety.text_classifier import english_can_matter, weighed_mean
+
+    thresholds = np.array([0.35, 0.5, 0.65, 0.75, 0.9])
+    m = np.random.default_rng(0).uniform(0, 1, (20000, len(thresholds))) ** 3  # mostly low, as safe prompts read
+    trust = np.random.default_rng(1).choice([0.0, 0.25, 0.5, 0.8, 1.0], len(m))
+    for skip_below in (0.0, 0.15):
+        skipped = ~english_can_matter(m, trust, thresholds, skip_below)
+        sure = weighed_mean(m, np.ones_like(m), trust[:, None])
+        exact = thresholds * (1 + trust[:, None]) - trust[:, None] >= skip_below  # where the bound is the exact one
+        assert skipped.mean() > 0.2 and not (exact & (sure >= thresholds))[skipped & (trust > 0)].any()
+    assert not english_can_matter(np.ones((1, 5)), np.zeros(1), thresholds, 0.0)[0]  # trust 0: it weighs nothing
+
+
+def test_a_text_the_english_head_cannot_change_is_scored_by_the_multilingual_head_alone(screen, monkeypatch):
+    """MiniLM, the screen's costliest part, reads only texts whose verdict it could change: an
+    everyday scene is scored by USE alone, an unsafe one by both; and a text's scores are the
+    same alone as beside one the English head reads."""
+    classifier = screen.classifier
+    read = []
+    honest = classifier.english.probabilities
+    monkeypatch.setattr(classifier.english, "probabilities", lambda texts: read.extend(texts) or honest(texts))
+    safe, unsafe = "a bowl of fruit on a kitchen table", "a man aiming a shotgun at children in a park"
+    alone = classifier.scores([safe])[0]
+    assert read == [] and alone == {c: round(float(p), 4) for c, p in
+                                    zip(classifier.categories, classifier.multilingual.probabilities([safe])[0])}
+    together = classifier.scores([safe, unsafe])
+    assert read == [unsafe] and together[0] == alone
+    assert screen.screen([unsafe])[0].decision == "block"
+
+
 def test_a_missing_english_head_fails_closed(tmp_path):
     policies_dir = tmp_path / "policies"
     shutil.copytree(REPO / "policies", policies_dir)

@@ -168,11 +168,37 @@ def weighed_mean(multilingual, english, trust):
     return (multilingual + trust * english) / (1 + trust)
 
 
+def english_can_matter(multilingual: np.ndarray, trust: np.ndarray, thresholds: np.ndarray,
+                       skip_below: float) -> np.ndarray:
+    """Per text, whether the English head is read: whether its probability could lift some
+    category to its threshold. The mean (m + t·e) / (1 + t) reaches a threshold θ only if
+    e >= (θ(1 + t) - m) / t, which no e <= 1 is when m < θ(1 + t) - t: below that bound the
+    category stays under its threshold whatever the English head says, so it is not read and
+    the text's probabilities are the multilingual head's alone (no verdict changes). Where the
+    bound is under `skip_below` (thresholds of about 0.5 or lower, where a sure English head
+    could lift any score), `skip_below` stands in: chosen out of fold by train_text_head, it is
+    the one part that is measured rather than exact. A text with trust 0 is never read."""
+    bound = np.maximum(thresholds[None, :] * (1 + trust[:, None]) - trust[:, None], skip_below)
+    return (trust > 0) & (multilingual >= bound).any(axis=1)
+
+
+def lowest_threshold(policies: Policies, category: str) -> float:
+    """The lowest threshold a category has in the policy, its negative-prompt categories or any
+    brand's rules (1 where none names it: it never fires)."""
+    text_safety = policies.text_safety
+    named = [text_safety.categories, text_safety.negative_prompt_categories,
+             *(brand.text_rules for brand in policies.brands.values())]
+    return min([c[category].threshold for c in named if category in c], default=1.0)
+
+
 class EmbeddingHeadClassifier:
     """The multilingual head over the text as given; with `english` in the policy, also an
     English encoder's head over the text's English reading (the prompt itself when it is
     English, else its gloss), and each category's probability is the mean of the two, the
-    English head weighed by how much of the prompt its gloss translated."""
+    English head weighed by how much of the prompt its gloss translated. The English head is
+    read only for a text whose multilingual probabilities leave it a verdict to change
+    (`english_can_matter`): most safe prompts are decided by USE alone, and MiniLM, the
+    screen's costliest part, reads the rest (README, Text safety: throughput)."""
 
     def __init__(self, policies: Policies, policies_dir: Path):
         spec = policies.text_safety.classifier
@@ -187,6 +213,8 @@ class EmbeddingHeadClassifier:
                 raise ClassifierUnavailable(f"{spec.english.head} scores {self.english.categories}, "
                                             f"{spec.head} scores {self.categories}; retrain them together")
             self.id += f"+en:{self.english.id}"
+            self.skip_below = spec.english.skip_below
+            self.thresholds = np.array([lowest_threshold(policies, name) for name in self.categories])
 
     def words(self) -> list[str]:
         return self.multilingual.encoder.words()
@@ -196,13 +224,16 @@ class EmbeddingHeadClassifier:
         """Per text, a probability per category. `english[i]`: text i's English reading, and
         `trust[i]` (0 to 1, default 1) the English head's weight against the multilingual
         head's 1: a gloss that left half the prompt untranslated weighs half."""
-        probabilities = self.multilingual.probabilities(texts)
+        probabilities = self.multilingual.probabilities(texts).astype(np.float64)
         if self.english is not None:
             readings = english or texts
-            unique = {r: i for i, r in enumerate(dict.fromkeys(readings))}  # a gloss reads for two texts
-            in_english = self.english.probabilities(list(unique))[[unique[r] for r in readings]]
-            weight = np.asarray(trust if trust is not None else [1.0] * len(texts))[:, None]
-            probabilities = weighed_mean(probabilities, in_english, weight)
+            weight = np.asarray(trust if trust is not None else [1.0] * len(texts), dtype=np.float64)
+            # each text by its own scores, so none depends on what else is in the batch
+            read = np.flatnonzero(english_can_matter(probabilities, weight, self.thresholds, self.skip_below))
+            if len(read):
+                unique = {r: i for i, r in enumerate(dict.fromkeys(readings[j] for j in read))}  # a gloss reads for two texts
+                in_english = self.english.probabilities(list(unique))[[unique[readings[j]] for j in read]]
+                probabilities[read] = weighed_mean(probabilities[read], in_english, weight[read, None])
         return [{c: round(float(p), 4) for c, p in zip(self.categories, row)} for row in probabilities]
 
 

@@ -28,7 +28,7 @@ from ldm_batch.catalog import weights_sha256
 from ldm_batch.config import REPO_POLICIES
 from ldm_batch.policies import Policies, TextCategory, load_policies
 from ldm_batch.safety.text import TextScreen
-from ldm_batch.safety.text_classifier import Encoder, weighed_mean
+from ldm_batch.safety.text_classifier import Encoder, english_can_matter, weighed_mean
 from ldm_batch.safety.text_eval import load_labelled
 
 SHIFTS = (-0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
@@ -37,6 +37,7 @@ FALSE_POSITIVE_BUDGET = 0.05  # the issue's target, out of fold, in English and 
 RECALL_TARGET = 0.95  # the issue's unsafe recall target, out of fold, over all prompts ...
 LANGUAGE_RECALL_TARGET = 0.9  # ... and in every language: where the budget keeps them from holding, recall wins
 REVIEW_BUDGET = 0.10  # ... up to this share of safe prompts held (for review or blocked), in each group
+SKIP_BELOW = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)  # english_skip_below's candidates
 
 
 def train_head(embeddings: torch.Tensor, targets: torch.Tensor, steps: int = 600, weight_decay: float = 1e-5):
@@ -74,23 +75,34 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
     English one weighed by `trust` (the share its gloss translated). Folds go by unit (a
     concept and its translations together, as the held-out split does)."""
     fold_of = torch.tensor([int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) % folds for u in units])
-    as_written = torch.zeros_like(targets)
-    as_glossed = torch.zeros_like(targets)
+    written, glossed_text = torch.zeros_like(targets), torch.zeros_like(targets)  # the multilingual head's
+    reading = torch.zeros_like(targets)  # the English head's
     for k in range(folds):
         test, train = fold_of == k, fold_of != k
         multilingual = train_head(inputs["multilingual"][train], targets[train])
-        as_written[test] = _probabilities(multilingual, inputs["multilingual"][test])
-        as_glossed[test] = _probabilities(multilingual, inputs["gloss"][test])
+        written[test] = _probabilities(multilingual, inputs["multilingual"][test])
+        glossed_text[test] = _probabilities(multilingual, inputs["gloss"][test])
         if "english" in inputs:
-            reading = _probabilities(train_head(inputs["english"][train], targets[train]), inputs["english"][test])
-            weight = trust[test].unsqueeze(1)
-            as_written[test] = weighed_mean(as_written[test], reading, weight)
-            as_glossed[test] = weighed_mean(as_glossed[test], reading, weight)
+            reading[test] = _probabilities(train_head(inputs["english"][train], targets[train]), inputs["english"][test])
     categories = policies.text_safety.classified_categories
     thresholds = torch.tensor([c.threshold for c in categories.values()])
     from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in categories.values()])
-    # per prompt and category, the probability that fires it: the prompt's, or its gloss's
-    score = torch.maximum(as_written, torch.where(glossed.unsqueeze(1) & from_gloss, as_glossed, 0.0))
+
+    def scored(skip_below: float | None) -> torch.Tensor:
+        """Per prompt and category, the probability that fires it: the prompt's, or its gloss's;
+        the English head read where the screen reads it (`english_can_matter`; None: for every text)."""
+        texts = []
+        for multilingual in (written, glossed_text):
+            if "english" not in inputs:
+                texts.append(multilingual)
+                continue
+            read = torch.ones(len(trust), dtype=torch.bool) if skip_below is None else torch.from_numpy(
+                english_can_matter(multilingual.numpy(), trust.numpy(), thresholds.numpy(), skip_below))
+            texts.append(torch.where(read.unsqueeze(1), weighed_mean(multilingual, reading, trust.unsqueeze(1)),
+                                     multilingual))
+        return torch.maximum(texts[0], torch.where(glossed.unsqueeze(1) & from_gloss, texts[1], 0.0))
+
+    score = scored(None)
     safe = targets.sum(dim=1) == 0
     for shift in SHIFTS:
         figures = _figures(_flagged(score, rule_flags, thresholds + shift), safe, languages)
@@ -98,6 +110,23 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
     chosen = per_category_thresholds(score, rule_flags, safe, languages, [bool(c.any_of) for c in categories.values()])
     print("per-category thresholds, out of fold: " + ", ".join(f"{c} {t}" for c, t in zip(categories, chosen)))
     print(f"  at them: {_figures(_flagged(score, rule_flags, torch.tensor(chosen)), safe, languages)}")
+    if "english" in inputs:
+        print(f"english.skip_below, out of fold: {english_skip_below(scored, thresholds)}")
+
+
+def english_skip_below(scored, thresholds: torch.Tensor) -> float:
+    """The highest of SKIP_BELOW up to which the English head, read only where it could matter
+    (`english_can_matter`), fires the same categories on every prompt out of fold, at the
+    policy's thresholds, as when it reads every text."""
+    everywhere = scored(None) >= thresholds
+    chosen = 0.0
+    for floor in SKIP_BELOW:
+        changed = int(((scored(floor) >= thresholds) != everywhere).any(dim=1).sum())
+        print(f"  skip_below {floor}: {changed} prompts fire other categories than with the English head read for all")
+        if changed:
+            break
+        chosen = floor
+    return chosen
 
 
 def _flagged(score: torch.Tensor, rule_flags: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
