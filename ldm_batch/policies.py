@@ -67,10 +67,10 @@ class EmbeddingHeadSpec(Strict):
     encoder: str
     head: str
     head_sha256: str  # the head file's sha256: a head that differs is not loaded
-    skip_below: float = Field(0.0, ge=0, lt=1, description="read as the English head's (classifier.english): a text whose multilingual "
-                              "scores are all under this (and under the bound at which the English head "
-                              "could lift them to their thresholds) is not read by it "
-                              "(text_classifier.english_can_matter); 0: read wherever it could matter")
+    skip_below: float = Field(0.0, ge=0, lt=1, description="for the English head (classifier.english): a "
+                              "text whose multilingual scores are all under this, and under the bound at "
+                              "which the English head could lift them to their thresholds, is not read by "
+                              "it (text_classifier.english_can_matter); 0: read wherever it could matter")
 
 
 class TextClassifierSpec(Strict):

@@ -231,7 +231,8 @@ class EmbeddingHeadClassifier:
             # each text by its own scores, so none depends on what else is in the batch
             read = np.flatnonzero(english_can_matter(probabilities, weight, self.thresholds, self.skip_below))
             if len(read):
-                unique = {r: i for i, r in enumerate(dict.fromkeys(readings[j] for j in read))}  # a gloss reads for two texts
+                # a gloss is the English reading of two texts (the prompt and the gloss itself)
+                unique = {r: i for i, r in enumerate(dict.fromkeys(readings[j] for j in read))}
                 in_english = self.english.probabilities(list(unique))[[unique[readings[j]] for j in read]]
                 probabilities[read] = weighed_mean(probabilities[read], in_english, weight[read, None])
         return [{c: round(float(p), 4) for c, p in zip(self.categories, row)} for row in probabilities]

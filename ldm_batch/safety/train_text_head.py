@@ -83,7 +83,8 @@ def cross_validate(inputs: dict[str, torch.Tensor], targets: torch.Tensor, polic
         written[test] = _probabilities(multilingual, inputs["multilingual"][test])
         glossed_text[test] = _probabilities(multilingual, inputs["gloss"][test])
         if "english" in inputs:
-            reading[test] = _probabilities(train_head(inputs["english"][train], targets[train]), inputs["english"][test])
+            english = train_head(inputs["english"][train], targets[train])
+            reading[test] = _probabilities(english, inputs["english"][test])
     categories = policies.text_safety.classified_categories
     thresholds = torch.tensor([c.threshold for c in categories.values()])
     from_gloss = torch.tensor([c.fired_by_gloss_classifier for c in categories.values()])
